@@ -1,0 +1,152 @@
+"""Language-model policies, value models and reward models, built without a model hub.
+
+* `build_tiny_lm`: a Qwen2-shaped causal LM from a config (random init). head_dim >= 32 so
+  that vLLM's CPU attention can run it too.
+* `load_lm` / `save_lm`: any HF causal LM from a local directory (`model.path=...`).
+* `ValueModel`: a transformer trunk with a scalar head. Used as a reward model (score read
+  at the last real token) and as a PPO critic (one value per state, aligned as in
+  rlhf.functional: values[:, t] is V(state before token t)).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+from rlhf.functional import position_ids_from_mask
+
+
+def build_tiny_lm(model_cfg, tokenizer) -> nn.Module:
+    heads = int(model_cfg.num_attention_heads)
+    head_dim = int(model_cfg.hidden_size) // heads
+    if head_dim < 32:
+        raise ValueError(f"model.hidden_size / model.num_attention_heads = {head_dim}; it must be "
+                         ">= 32 so that vLLM's CPU attention can run the model")
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=int(model_cfg.hidden_size),
+        intermediate_size=int(model_cfg.intermediate_size),
+        num_hidden_layers=int(model_cfg.num_hidden_layers), num_attention_heads=heads,
+        num_key_value_heads=int(model_cfg.num_key_value_heads),
+        max_position_embeddings=int(model_cfg.max_position_embeddings),
+        tie_word_embeddings=bool(model_cfg.tie_word_embeddings),
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, attention_dropout=0.0, dtype="float32",
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # not saved by save_pretrained; generation needs it
+    return tokenizer
+
+
+def load_lm(path: str | os.PathLike) -> nn.Module:
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model.path={path} holds no HF model (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    disable_dropout(model)
+    return model
+
+
+def save_lm(model: nn.Module, tokenizer, path: str | os.PathLike) -> None:
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """RLHF practice: no dropout in policy, reference, critic or reward model (ratios must be 1
+    at the first minibatch)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    ref.eval()
+    return ref
+
+
+def apply_lora(model: nn.Module, lora_cfg) -> nn.Module:
+    """Wrap the policy with LoRA adapters (peft) when model.lora.rank > 0."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=int(lora_cfg.rank), lora_alpha=float(lora_cfg.alpha),
+                        lora_dropout=0.0, target_modules=list(lora_cfg.target_modules),
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def lm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Teacher-forced forward with padding-aware positions; returns logits [B, L, V]."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.logits
+
+
+class ValueModel(nn.Module):
+    """Transformer trunk + scalar head. Head init N(0, 1/sqrt(d+1)) for reward models
+    (spec §5.7) or zeros for critics (OAI)."""
+
+    def __init__(self, trunk: nn.Module, head_init: str = "normal"):
+        super().__init__()
+        self.trunk = trunk
+        hidden = trunk.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        if head_init == "zeros":
+            nn.init.zeros_(self.head.weight)
+        else:
+            nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+        disable_dropout(self)
+
+    @classmethod
+    def from_lm(cls, lm: nn.Module, head_init: str = "normal") -> "ValueModel":
+        return cls(copy.deepcopy(lm.base_model), head_init)
+
+    def raw(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Head output at every position: [B, L] (value of the state *after* token t)."""
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids_from_mask(attention_mask),
+                            use_cache=False).last_hidden_state
+        return self.head(hidden.float()).squeeze(-1)
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """V(state before token t) aligned to token t (rlhf.functional convention)."""
+        return nn.functional.pad(self.raw(input_ids, attention_mask)[:, :-1], (1, 0))
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Reward: the head at the last real token of each (right-padded) row."""
+        raw = self.raw(input_ids, attention_mask)
+        last = attention_mask.long().sum(-1) - 1
+        return raw.gather(1, last.unsqueeze(1)).squeeze(1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.trunk.save_pretrained(str(path))
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()},
+                  str(path / "value_head.safetensors"))
+        (path / "value_model.json").write_text(json.dumps({"hidden_size": self.head.in_features}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ValueModel":
+        path = Path(path)
+        if not (path / "value_head.safetensors").exists():
+            raise FileNotFoundError(f"{path} holds no value/reward model (no value_head.safetensors)")
+        trunk = AutoModel.from_pretrained(str(path), config=AutoConfig.from_pretrained(str(path)),
+                                          dtype=torch.float32)
+        model = cls(trunk)
+        model.head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+        return model

@@ -1,0 +1,119 @@
+"""PPO for RLHF at the token level (Ziegler et al. 2019; Ouyang et al. 2022).
+
+Reference: specs/algorithms-b.md §5 (TRL PPOv2, OpenRLHF, "The N implementation details
+of RLHF with PPO"). One rollout phase:
+
+  1. old log-probs, reference log-probs and values by teacher-forced passes (§5.1.4);
+     logits are divided by the sampling temperature in every pass.
+  2. per-token rewards (§5.2):  r_t = -beta * k_t,  plus the score on the last generated
+     token of each turn (OpenRLHF/OAI convention);  or, with kl_penalty=loss, the KL goes
+     into the loss as beta * k3 instead (§5.3).
+  3. GAE with gamma, lambda over generated tokens only (§5.4); returns = A + V; advantages
+     whitened over the batch's valid tokens.
+  4. `epochs` x `minibatches` of the clipped policy loss and the clipped value loss (§5.5).
+  5. the KL controller sees the mean per-sequence KL (§5.6).
+The critic is a separate network (§5.7 option b), initialized from the reward model when
+the run optimizes one, with a zero-initialized value head.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from agents.models import ValueModel
+from rlhf.algos.base import Algorithm, KLController, make_optimizer, minibatch_indices, optimizer_step
+from rlhf.functional import (clipped_policy_loss, clipped_value_loss, gae, kl_estimate, masked_mean,
+                             masked_sum, masked_whiten, token_entropy)
+from rlhf.rollout.batch import Batch
+
+
+class PPO(Algorithm):
+    name = "ppo"
+
+    def __init__(self, cfg, policy, ref, tokenizer, reward_model: ValueModel | None = None, **kw):
+        super().__init__(cfg, policy, ref, tokenizer)
+        a = self.algo_cfg
+        if a.critic_init in ("auto", "reward_model") and reward_model is not None:
+            self.critic = ValueModel(copy.deepcopy(reward_model.trunk), head_init="zeros")
+        else:
+            self.critic = ValueModel.from_lm(policy, head_init="zeros")
+        self.critic.train()
+        params = list(policy.parameters()) + list(self.critic.parameters())
+        self.optimizer = make_optimizer(params, a)
+        self.kl_ctl = KLController(a.kl_coef, bool(a.adaptive_kl), a.kl_target, a.kl_horizon)
+        self.generator = torch.Generator().manual_seed(int(cfg.seed))
+
+    def modules(self):
+        return {"policy": self.policy, "critic": self.critic}
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.generator.set_state(state["generator"])
+
+    def scores_on_tokens(self, batch: Batch, turn_rewards: torch.Tensor) -> torch.Tensor:
+        """Clipped turn scores, minus the missing-EOS penalty on the final turn's last token."""
+        a = self.algo_cfg
+        scores = turn_rewards.clamp(-a.reward_clip, a.reward_clip) * batch.turn_end_mask
+        if a.missing_eos_penalty:
+            last = batch.attention_mask.sum(-1) - 1
+            unfinished = (~batch.finished).float() * float(a.missing_eos_penalty)
+            scores[torch.arange(len(batch)), last] -= unfinished
+        return scores
+
+    def step(self, batch: Batch, turn_rewards: torch.Tensor) -> dict[str, float]:
+        a, mask = self.algo_cfg, batch.action_mask
+        beta = self.kl_ctl.value
+        with torch.no_grad():
+            old_logp = self.old_logprobs(batch)
+            ref_logp = self.frozen_logprobs(self.ref, batch)
+            old_values = self.critic.values(batch.input_ids, batch.attention_mask) * mask
+            kl = kl_estimate(old_logp, ref_logp, a.kl_estimator) * mask
+            scores = self.scores_on_tokens(batch, turn_rewards)
+            non_score = -beta * kl if a.kl_penalty == "reward" else torch.zeros_like(kl)
+            rewards = scores + non_score
+            if a.whiten_rewards:
+                rewards = masked_whiten(rewards, mask, shift_mean=False)
+            advantages, returns = gae(rewards, old_values, mask, float(a.gamma), float(a.lam))
+            if a.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+
+        stats: dict[str, list[float]] = {}
+        for _ in range(int(a.epochs)):
+            for idx in minibatch_indices(len(batch), int(a.minibatches), self.generator):
+                mb, m = batch.select(idx), mask[idx]
+                logp, logits = self.logprobs(self.policy, mb)
+                pg_loss, pg_stats = clipped_policy_loss(logp, old_logp[idx], advantages[idx], m, float(a.clip))
+                values = self.critic.values(mb.input_ids, mb.attention_mask)
+                vf_loss, vf_stats = clipped_value_loss(values, old_values[idx], returns[idx], m, float(a.value_clip))
+                loss = pg_loss + float(a.vf_coef) * vf_loss
+                if a.kl_penalty == "loss":
+                    loss = loss + beta * masked_mean(kl_estimate(logp, ref_logp[idx], "k3"), m)
+                entropy = masked_mean(token_entropy(logits, self.temperature), m)
+                if a.entropy_coef:
+                    loss = loss - float(a.entropy_coef) * entropy
+                grad_norm = optimizer_step(self.optimizer, loss, float(a.max_grad_norm))
+                for key, value in {"loss/policy": pg_loss, "loss/value": vf_loss, "objective/entropy": entropy,
+                                   "policy/clipfrac": pg_stats["clipfrac"], "policy/approxkl": pg_stats["approxkl"],
+                                   "val/ratio": pg_stats["ratio"], "val/clipfrac": vf_stats["clipfrac"],
+                                   "policy/grad_norm": grad_norm}.items():
+                    stats.setdefault(key, []).append(float(value))
+
+        sequence_kl = masked_sum(kl_estimate(old_logp, ref_logp, "k1"), mask, dim=-1)
+        self.kl_ctl.update(float(sequence_kl.mean()), len(batch))
+        metrics = {key: sum(v) / len(v) for key, v in stats.items()}
+        non_score_total = non_score.sum(-1).mean().item()
+        metrics.update({
+            "objective/kl": float(sequence_kl.mean()),
+            "objective/non_score_reward": non_score_total,
+            "objective/rlhf_reward": float(scores.sum(-1).mean()) + non_score_total,
+            "objective/kl_coef": beta,
+            "val/mean": float(masked_mean(old_values, mask)),
+            "val/advantage_mean": float(masked_mean(advantages, mask)),
+        })
+        return metrics

@@ -1,0 +1,152 @@
+"""`algo=rm`: a proxy reward model trained with the Bradley-Terry loss (spec §3.2, after
+Gao et al.): pairs of responses sampled from the SFT policy for the same prompt, labelled
+by the environment's gold scorer (label flipped with probability env.label_noise), and
+a transformer + scalar head fitted to -log sigma(r_chosen - r_rejected).
+
+Reward models are cached like the SFT warm start: `reward_model_dir` builds one only when
+no model with the same settings, data and code exists.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.models import ValueModel, load_lm, load_tokenizer
+from agents.warmstart import pad_right
+from envs import base as env_base
+from rlhf.cache import cached, source_digest
+from rlhf.functional import bradley_terry_loss
+from rlhf.rollout.engine import HFEngine, SamplingParams
+from rlhf.rollout.runner import EpisodeRunner
+
+
+def sample_preference_pairs(cfg, policy_dir: Path, seed: int, log=print) -> list[dict]:
+    """Two responses per train prompt from the SFT policy, each with its gold score."""
+    tokenizer, policy = load_tokenizer(policy_dir), load_lm(policy_dir)
+    engine = HFEngine(policy, tokenizer, int(cfg.rollout.max_batch_size))
+    sampling = SamplingParams(temperature=float(cfg.rollout.temperature), top_p=float(cfg.rollout.top_p),
+                              top_k=int(cfg.rollout.top_k), max_new_tokens=int(cfg.rollout.max_new_tokens),
+                              stop_strings=tuple(cfg.rollout.stop_strings))
+    runner = EpisodeRunner(engine, tokenizer, sampling, max_turns=int(cfg.env.max_turns))
+    n_pairs = int(cfg.env.preference_pairs)
+    torch.manual_seed(seed)
+    pairs, start, chunk = [], time.time(), 256
+    for begin in range(0, n_pairs, chunk):
+        seeds = [seed * 1_000_003 + i for i in range(begin, min(n_pairs, begin + chunk))]
+        both = [s for s in seeds for _ in range(2)]
+        envs = [env_base.make(cfg.env.name, split="train", **env_kwargs(cfg)) for _ in both]
+        episodes = runner.run(envs, both)
+        for a, b in zip(episodes[::2], episodes[1::2]):
+            pairs.append({"ids": [a.token_ids, b.token_ids],
+                          "gold": [a.env_reward("gold"), b.env_reward("gold")]})
+        log(f"[rm] sampled {len(pairs)}/{n_pairs} pairs ({time.time() - start:.0f}s)")
+    return pairs
+
+
+def env_kwargs(cfg) -> dict:
+    return {k: v for k, v in cfg.env.items() if k not in ("name",)}
+
+
+def label_pairs(pairs: list[dict], label_noise: float, rng: random.Random) -> list[tuple[list[int], list[int]]]:
+    """(chosen, rejected) by gold score; ties broken by the rng; each label flipped with
+    probability label_noise."""
+    labelled = []
+    for pair in pairs:
+        g0, g1 = pair["gold"]
+        first_wins = g0 > g1 if g0 != g1 else rng.random() < 0.5
+        if rng.random() < label_noise:
+            first_wins = not first_wins
+        a, b = pair["ids"]
+        labelled.append((a, b) if first_wins else (b, a))
+    return labelled
+
+
+def train_bradley_terry(model: ValueModel, labelled, rm_cfg, pad_id: int, seed: int, log=print) -> None:
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(rm_cfg.lr), weight_decay=0.0)
+    batch_size = int(rm_cfg.batch_size)
+    model.train()
+    for epoch in range(int(rm_cfg.epochs)):
+        order = list(range(len(labelled)))
+        rng.shuffle(order)
+        losses = []
+        for begin in range(0, len(order), batch_size):
+            chunk = [labelled[i] for i in order[begin:begin + batch_size]]
+            ids, mask = pad_right([c for c, _ in chunk] + [r for _, r in chunk], pad_id)
+            scores = model.score(ids, mask)
+            loss = bradley_terry_loss(scores[:len(chunk)], scores[len(chunk):])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+        log(f"[rm] epoch {epoch + 1}/{rm_cfg.epochs} loss {np.mean(losses):.4f}")
+    model.eval()
+
+
+@torch.no_grad()
+def score_sequences(model: ValueModel, sequences: list[list[int]], pad_id: int, chunk: int = 256) -> torch.Tensor:
+    out = []
+    for begin in range(0, len(sequences), chunk):
+        ids, mask = pad_right(sequences[begin:begin + chunk], pad_id)
+        out.append(model.score(ids, mask))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def validation_metrics(model: ValueModel, pairs: list[dict], pad_id: int) -> dict[str, float]:
+    """Accuracy against noiseless gold labels and correlation of scores with gold."""
+    seqs = [ids for p in pairs for ids in p["ids"]]
+    gold = np.array([g for p in pairs for g in p["gold"]])
+    scores = score_sequences(model, seqs, pad_id).numpy()
+    s0, s1, g0, g1 = scores[::2], scores[1::2], gold[::2], gold[1::2]
+    decided = g0 != g1
+    accuracy = float(np.mean((s0 > s1)[decided] == (g0 > g1)[decided])) if decided.any() else float("nan")
+    corr = float(np.corrcoef(scores, gold)[0, 1]) if gold.std() > 0 and scores.std() > 0 else float("nan")
+    return {"rm/val_accuracy": accuracy, "rm/val_gold_corr": corr}
+
+
+def reward_model_spec(cfg, policy_dir: Path) -> dict:
+    return {"reward": {k: v for k, v in cfg.reward.items() if k != "name"},
+            "env": {"name": cfg.env.name, "preference_pairs": cfg.env.preference_pairs,
+                    "label_noise": cfg.env.label_noise, "eval_fraction": cfg.env.eval_fraction},
+            "policy": str(Path(policy_dir).resolve()),
+            "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
+            "sources": source_digest(["rlhf.algos.rm", "agents.models", "envs.text",
+                                      "rlhf.rollout.engine", "rlhf.rollout.runner"])}
+
+
+def reward_model_dir(cfg, policy_dir: Path, log=print) -> Path:
+    """Directory of the proxy reward model for these settings (built and cached if needed)."""
+
+    def build(out: Path) -> None:
+        seed = int(cfg.reward.seed)
+        pairs = sample_preference_pairs(cfg, policy_dir, seed, log)
+        rng = random.Random(seed)
+        rng.shuffle(pairs)
+        n_val = max(1, int(len(pairs) * float(cfg.reward.validation_fraction)))
+        val, train = pairs[:n_val], pairs[n_val:]
+        labelled = label_pairs(train, float(cfg.env.label_noise), rng)
+        torch.manual_seed(seed)
+        tokenizer = load_tokenizer(policy_dir)
+        if cfg.reward.init == "policy":
+            model = ValueModel.from_lm(load_lm(policy_dir))
+        else:
+            from transformers import AutoModel
+            lm_config = load_lm(policy_dir).config
+            model = ValueModel(AutoModel.from_config(lm_config))
+        train_bradley_terry(model, labelled, cfg.reward, tokenizer.pad_token_id, seed, log)
+        metrics = validation_metrics(model, val, tokenizer.pad_token_id)
+        train_scores = score_sequences(model, [ids for p in train for ids in p["ids"]], tokenizer.pad_token_id)
+        metrics.update({"rm/train_pairs": len(train), "rm/score_mean": float(train_scores.mean()),
+                        "rm/score_std": float(train_scores.std())})
+        log("[rm] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        model.save(out)
+        tokenizer.save_pretrained(str(out))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    return cached(cfg.cache_dir, "rm", reward_model_spec(cfg, policy_dir), build, log)

@@ -1,0 +1,74 @@
+"""Content-addressed cache for warm starts (tokenizer + SFT policy, reward models).
+
+An artifact's key is a hash of everything that determines it: its config, the data
+settings, the seed, and the source code of the modules that build it (so editing the
+generator invalidates the cache without anyone remembering to). Builds go to a temporary
+directory renamed into place, under a file lock, so a crash or a parallel sweep never
+leaves a half-written artifact that a later run would trust.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+DONE_MARKER = "ARTIFACT_DONE"
+
+
+def source_digest(module_names: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(module_names):
+        module = importlib.import_module(name)
+        paths = [Path(module.__file__)]
+        if paths[0].name == "__init__.py":  # a package: hash all of it
+            paths = sorted(paths[0].parent.rglob("*.py"))
+        for path in paths:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def artifact_key(spec: dict[str, Any]) -> str:
+    text = json.dumps({k: to_plain(v) for k, v in spec.items()}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached(cache_dir: str | os.PathLike, kind: str, spec: dict[str, Any],
+           build: Callable[[Path], None], log: Callable[[str], None] = print) -> Path:
+    """Return the directory of the artifact `kind/<hash(spec)>`, building it if needed."""
+    root = Path(cache_dir).expanduser().resolve() / kind
+    root.mkdir(parents=True, exist_ok=True)
+    key = artifact_key(spec)
+    final = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / DONE_MARKER).exists():
+            log(f"[cache] reusing {kind} {final}")
+            return final
+        if final.exists():  # left by a crash before this scheme's rename; never trusted
+            shutil.rmtree(final)
+        tmp = root / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        start = time.time()
+        log(f"[cache] building {kind} {key} (first time only)")
+        build(tmp)
+        (tmp / "spec.json").write_text(json.dumps({k: to_plain(v) for k, v in spec.items()},
+                                                  indent=2, sort_keys=True, default=str))
+        (tmp / DONE_MARKER).write_text(f"{time.time() - start:.1f}s\n")
+        os.rename(tmp, final)
+        log(f"[cache] built {kind} in {time.time() - start:.1f}s -> {final}")
+        return final

@@ -1,0 +1,118 @@
+"""Config checks that run before any work starts (DESIGN.md contract 5).
+
+Hydra itself rejects unknown groups and group values (listing the available options).
+This module adds what Hydra cannot know: keys given on the command line that do not exist
+(with the valid keys of that section and a did-you-mean), values outside their choices,
+out-of-range numbers, and combinations that cannot work.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+import configs
+
+CONFIG_DIR = str(Path(configs.__file__).parent)
+GROUPS = ("algo", "env", "model", "reward", "rollout", "launcher")
+
+# key -> valid values (checked when the key exists in the composed config)
+CHOICES: dict[str, tuple] = {
+    "device": ("cpu", "cuda"),
+    "algo.clip": ("joint", "separate"),
+    "algo.kl_from": ("current", "old"),
+    "algo.loss_average": ("pairs", "tokens"),
+    "algo.reward_scaling": ("running", "none"),
+    "algo.kl_estimator": ("k1", "k2", "k3"),
+    "algo.kl_penalty": ("reward", "loss"),
+    "algo.critic_init": ("auto", "reward_model", "policy"),
+    "reward.init": ("policy", "scratch"),
+}
+POSITIVE_INTS = ("train.steps", "train.prompts_per_step", "algo.samples_per_prompt", "algo.epochs",
+                 "algo.minibatches", "algo.minibatch_pairs", "rollout.max_new_tokens", "eval.prompts",
+                 "eval.samples_per_prompt", "env.preference_pairs", "env.max_turns")
+UNIT_INTERVAL = ("env.label_noise", "env.eval_fraction")
+
+
+class ConfigError(ValueError):
+    """A bad value, key or combination, found before any work started."""
+
+
+def check_override_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """Every `key=value` override must name an existing key (Hydra's struct error does not
+    say which keys exist); `+key=value` adds keys deliberately and is left alone."""
+    for override in overrides:
+        if "=" not in override or override.startswith(("+", "~", "hydra.", "-")):
+            continue
+        key = override.split("=", 1)[0]
+        if key in GROUPS or OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        while not isinstance(node, DictConfig):  # walk up to the deepest section that exists
+            parent, _, leaf = parent.rpartition(".")
+            node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        valid = sorted(node.keys())
+        guess = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f" Did you mean '{parent + '.' if parent else ''}{guess[0]}'?" if guess else ""
+        where = f"under '{parent}'" if parent else "at the top level"
+        raise ConfigError(f"unknown config key '{key}'.{hint} Valid keys {where}: {', '.join(valid)}")
+
+
+_MISSING = object()
+
+
+def validate(cfg: DictConfig) -> None:
+    from rlhf.algos import algo_names
+
+    _check_choice("algo.name", cfg.algo.name, algo_names())
+    from envs.base import registered
+    _check_choice("env.name", cfg.env.name, registered())
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            _check_choice(key, value, choices)
+    for key in POSITIVE_INTS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
+    for key in UNIT_INTERVAL:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"{key}={value!r} must lie in [0, 1]")
+    _check_combinations(cfg)
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
+
+
+def _check_combinations(cfg: DictConfig) -> None:
+    r = cfg.rollout
+    if float(r.temperature) < 0:
+        raise ConfigError(f"rollout.temperature={r.temperature} must be >= 0 (0 = greedy)")
+    if not 0.0 < float(r.top_p) <= 1.0:
+        raise ConfigError(f"rollout.top_p={r.top_p} must lie in (0, 1]")
+    if cfg.algo.name == "p3o" and int(cfg.algo.samples_per_prompt) != 2:
+        raise ConfigError(f"algo=p3o pairs two responses per prompt: algo.samples_per_prompt must be 2, "
+                          f"got {cfg.algo.samples_per_prompt}")
+    if cfg.algo.name == "rm" and cfg.reward.name != "rm":
+        raise ConfigError(f"algo=rm trains the proxy reward model of reward=rm; got reward={cfg.reward.name} "
+                          "(valid choices for algo=rm: reward=rm)")
+    if cfg.algo.name == "ppo" and cfg.algo.critic_init == "reward_model" and cfg.reward.name != "rm":
+        raise ConfigError(f"algo.critic_init=reward_model needs reward=rm (got reward={cfg.reward.name}); "
+                          "valid choices here: algo.critic_init=auto or policy")
+    if cfg.algo.name == "ppo" and not 0.0 <= float(cfg.algo.gamma) <= 1.0:
+        raise ConfigError(f"algo.gamma={cfg.algo.gamma} must lie in [0, 1]")
+    if cfg.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA device is visible; valid choices here: device=cpu")
+    if cfg.model.path and not Path(str(cfg.model.path)).expanduser().is_dir():
+        raise ConfigError(f"model.path={cfg.model.path} is not a directory")
+    if cfg.train.resume not in (None, False) and str(cfg.train.resume).lower() not in ("true", "latest"):
+        if not Path(str(cfg.train.resume)).expanduser().exists():
+            raise ConfigError(f"train.resume={cfg.train.resume} does not exist; valid values: null, true, "
+                              "latest, or a run/checkpoint directory")

@@ -1,0 +1,190 @@
+"""Shared math for every algorithm: masked statistics, log-probs, GAE, KL estimators, losses.
+
+Position convention (used everywhere in this framework):
+    Every per-token tensor has shape [batch, seq_len] and is aligned with the token it is
+    about. `logprobs[:, t]` is log pi(token_t | tokens_<t), computed from the logits at
+    position t-1; `values[:, t]` is V(state before token t), read from the hidden state at
+    position t-1. Position 0 is never an action (it has no predecessor) and holds 0.
+    `action_mask[:, t] = 1` marks tokens the policy generated (the loss is taken there);
+    prompt, observation and padding tokens have 0.
+
+Losses are minimized. Functions here take plain tensors, never models, so each can be
+tested against a hand computation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------
+# masked statistics
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    x = torch.where(mask.bool(), x, torch.zeros_like(x))
+    return x.sum() if dim is None else x.sum(dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over positions where mask is 1; values at masked positions (even NaN) are ignored."""
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    centered = torch.where(mask.bool(), x - mean, torch.zeros_like(x))
+    n = mask.sum()
+    denom = (n - 1).clamp(min=1) if unbiased else n.clamp(min=1)
+    return (centered**2).sum() / denom
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked positions of the whole batch; 0 at masked positions.
+
+    With a single valid element the std is 0: the eps guard keeps the result finite."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    white = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        white = white + mean
+    return torch.where(mask.bool(), white, torch.zeros_like(white))
+
+
+# ---------------------------------------------------------------------------------------
+# log-probabilities
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip padding: cumsum(mask) - 1, clamped at 0 (left or right padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log pi(token_t | tokens_<t) aligned to token t; column 0 is 0. Computed in fp32."""
+    logits = logits[:, :-1].float() / temperature
+    taken = input_ids[:, 1:].unsqueeze(-1)
+    logp = torch.gather(F.log_softmax(logits, dim=-1), -1, taken).squeeze(-1)
+    return F.pad(logp, (1, 0))
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the next-token distribution, aligned like token_logprobs."""
+    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    return F.pad(-(logp.exp() * logp).sum(-1), (1, 0))
+
+
+def sequence_logprob(logprobs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """Sum over generated tokens: log pi(y | x) of a whole response (or all turns)."""
+    return masked_sum(logprobs, action_mask, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------
+# KL estimators (Schulman, "Approximating KL divergence"), per token, for samples from pi.
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1",
+                clamp: float = 10.0) -> torch.Tensor:
+    """Estimate of KL(pi || ref) at each sampled token.
+
+    k1 = log pi - log ref          (unbiased, can be negative)
+    k2 = (log pi - log ref)^2 / 2  (biased, low variance)
+    k3 = exp(d) - 1 - d, d = log ref - log pi   (unbiased, always >= 0)
+    The log-ratio is clamped to +-clamp before exp, as OpenRLHF does, against overflow."""
+    log_ratio = (logp - ref_logp).clamp(-clamp, clamp)
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio**2
+    if kind == "k3":
+        d = -log_ratio
+        return torch.expm1(d) - d
+    raise ValueError(f"unknown KL estimator '{kind}'; valid choices: k1, k2, k3")
+
+
+# ---------------------------------------------------------------------------------------
+# advantages
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over the masked positions of each row.
+
+    Only positions with mask 1 are steps of the trajectory; masked positions (prompt,
+    observation tokens between turns, padding) are skipped, so their rewards and values
+    change nothing. The value after the last step is 0 (episodes end in the batch).
+    Returns (advantages, returns = advantages + values), both 0 where mask is 0."""
+    mask = mask.bool()
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_adv = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = delta + gamma * lam * next_adv
+        next_adv = torch.where(m, adv, next_adv)
+        next_value = torch.where(m, values[:, t], next_value)
+        advantages[:, t] = torch.where(m, adv, torch.zeros_like(adv))
+    returns = torch.where(mask, advantages + values, torch.zeros_like(values))
+    return advantages, returns
+
+
+# ---------------------------------------------------------------------------------------
+# PPO losses (token level)
+
+
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip: float = 0.2,
+                        max_log_ratio: float = 20.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO: masked mean of max(-A*rho, -A*clip(rho, 1-eps, 1+eps)), rho = pi/pi_old."""
+    log_ratio = (logp - old_logp).clamp(-max_log_ratio, max_log_ratio)
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
+                 "approxkl": masked_mean(0.5 * log_ratio**2, mask),
+                 "ratio": masked_mean(ratio, mask)}
+    return loss, stats
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """1/2 masked mean of max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old)."""
+    clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+    unclipped_err = (values - returns) ** 2
+    clipped_err = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_err, clipped_err), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped_err > unclipped_err).float(), mask)}
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------
+# pairwise losses
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Reward-model loss: -log sigma(r_chosen - r_rejected), mean over pairs."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def clipped_importance_weight(log_ratio_sum: torch.Tensor, max_ratio: float) -> torch.Tensor:
+    """clip(exp(x), 1/C, C) computed in log space (x can be tens of nats), detached."""
+    bound = math.log(max_ratio)
+    return log_ratio_sum.detach().clamp(-bound, bound).exp()
+
+
+def clipped_surrogate(signal: torch.Tensor, value: torch.Tensor, old_value: torch.Tensor,
+                      clip: float) -> torch.Tensor:
+    """max(-signal*value, -signal*clip(value, old-clip, old+clip)), elementwise.
+
+    The PPO-style trust region on a log-probability (or a difference of them): once `value`
+    has moved more than `clip` from `old_value` in the direction `signal` favours, the
+    gradient is zero. P3O uses it on sequence log-probs (separate) and their difference (joint)."""
+    clipped = torch.maximum(torch.minimum(value, old_value + clip), old_value - clip)
+    return torch.maximum(-signal * value, -signal * clipped)

@@ -1,0 +1,45 @@
+"""TensorBoard scalars for every phase, plus a progress line on the console."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger("rlhf")
+
+# Shown on the console progress line, in this order, when present.
+CONSOLE_KEYS = [("objective/scores", "score"), ("objective/gold", "gold"), ("objective/kl", "kl"),
+                ("response_length/mean", "len"), ("perf/tokens_per_s", "tok/s")]
+
+
+class Logger:
+    def __init__(self, run_dir: Path, total_steps: int, every: int, first_step: int = 1):
+        # purge_step drops events a crashed run wrote after its last checkpoint.
+        self.writer = SummaryWriter(str(run_dir), purge_step=first_step if first_step > 1 else None)
+        self.total, self.every, self.first = total_steps, max(1, every), first_step
+        self.start = time.time()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+        if step % self.every == 0 or step == self.total or step == self.first:
+            self.console(step, metrics)
+
+    def console(self, step: int, metrics: dict[str, float]) -> None:
+        done = step - self.first + 1
+        elapsed = time.time() - self.start
+        eta = elapsed / done * (self.total - step)
+        parts = [f"step {step}/{self.total}"]
+        parts += [f"{short} {metrics[key]:.3f}" if abs(metrics[key]) < 1000 else f"{short} {metrics[key]:.0f}"
+                  for key, short in CONSOLE_KEYS if key in metrics]
+        parts.append(f"{elapsed / done:.2f}s/step eta {eta / 60:.1f}m")
+        log.info(" | ".join(parts))
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()

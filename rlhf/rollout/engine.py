@@ -1,0 +1,159 @@
+"""The rollout engine interface (DESIGN.md contract 2) and the HF-generate engine.
+
+    engine.generate(prompt_token_ids, sampling) -> [Completion(token_ids, logprobs, finish_reason)]
+    engine.load_weights(named_tensors, version)
+
+Token ids in, token ids out: callers never decode and re-encode generated text to rebuild
+a training sequence. `logprobs` are the behaviour policy's per-token log-probabilities
+under the *sampling* distribution (after temperature / top-k / top-p), recorded while
+generating; algorithms recompute old log-probs with the trainer (spec §5.1) and log the
+gap as `rollout/logp_diff_max`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+                          TopKLogitsWarper, TopPLogitsWarper)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 32
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]  # generated ids, cut after the first EOS / stop string (EOS kept)
+    logprobs: list[float]  # behaviour log-prob of each generated id
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+
+
+class Engine:
+    version: int = 0
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        raise NotImplementedError
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        raise NotImplementedError
+
+
+class _RecordLogprobs(LogitsProcessor):
+    """Last processor in the chain: remembers log-softmax of the final (warped) scores so the
+    log-prob of each sampled token is known without keeping [B, T, V] score tensors."""
+
+    def __init__(self):
+        self.previous: torch.Tensor | None = None
+        self.taken: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.taken.append(self.previous.gather(1, tokens.unsqueeze(1)).squeeze(1))
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        self._take(last_tokens)
+        self.previous = None
+        return torch.stack(self.taken, dim=1)
+
+
+def sampling_processors(sampling: SamplingParams) -> list[LogitsProcessor]:
+    processors: list[LogitsProcessor] = []
+    if sampling.temperature > 0 and sampling.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k > 0:
+        processors.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        processors.append(TopPLogitsWarper(sampling.top_p))
+    return processors
+
+
+class HFEngine(Engine):
+    """Generation with `model.generate` (KV cache, left-padded prompt batches).
+
+    The engine can share the trainer's module (local launcher: no copy, load_weights only
+    bumps the version) or own a separate copy that load_weights overwrites."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_batch_size: int = 256,
+                 extra_processors: list[LogitsProcessor] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.extra_processors = extra_processors or []
+        self.version = 0
+
+    def load_weights(self, named_tensors, version: int) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in params:
+                    raise KeyError(f"engine model has no parameter '{name}'")
+                if params[name] is not tensor:
+                    params[name].copy_(tensor)
+        self.version = version
+
+    @torch.no_grad()
+    def generate(self, prompt_token_ids, sampling: SamplingParams) -> list[Completion]:
+        completions: list[Completion] = []
+        for start in range(0, len(prompt_token_ids), self.max_batch_size):
+            completions += self._generate_batch(prompt_token_ids[start:start + self.max_batch_size], sampling)
+        return completions
+
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, p in enumerate(prompts):  # left padding
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            attention_mask[i, width - len(p):] = 1
+        recorder = _RecordLogprobs()
+        greedy = sampling.temperature == 0
+        processors = LogitsProcessorList(self.extra_processors + sampling_processors(sampling) + [recorder])
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, do_sample=not greedy,
+            temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=sampling.max_new_tokens,
+            logits_processor=processors, eos_token_id=eos, pad_token_id=pad,
+            stop_strings=list(sampling.stop_strings) or None,
+            tokenizer=self.tokenizer if sampling.stop_strings else None,
+            return_dict_in_generate=True, use_cache=True)
+        self.model.train(was_training)
+        generated = out.sequences[:, width:]
+        logprobs = recorder.finish(generated[:, -1])
+        return [self._cut(generated[i].tolist(), logprobs[i].tolist(), eos, sampling)
+                for i in range(len(prompts))]
+
+    def _cut(self, ids: list[int], logprobs: list[float], eos: int, sampling: SamplingParams) -> Completion:
+        if eos in ids:
+            end = ids.index(eos) + 1
+            return Completion(ids[:end], logprobs[:end], "stop")
+        end = self._stop_string_end(ids, sampling.stop_strings)
+        if end is not None:
+            return Completion(ids[:end], logprobs[:end], "stop")
+        return Completion(ids, logprobs, "length")
+
+    def _stop_string_end(self, ids: list[int], stop_strings: tuple[str, ...]) -> int | None:
+        """Shortest prefix whose text contains a stop string (HF stops *after* it appears)."""
+        if not stop_strings:
+            return None
+        if not any(s in self.tokenizer.decode(ids) for s in stop_strings):
+            return None
+        for end in range(1, len(ids) + 1):
+            text = self.tokenizer.decode(ids[:end])
+            if any(s in text for s in stop_strings):
+                return end
+        return None
+

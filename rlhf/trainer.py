@@ -1,0 +1,198 @@
+"""The one training loop: rollout -> reward -> algorithm update -> weight sync -> log ->
+checkpoint, for every RL algorithm on every text environment.
+
+    config -> Trainer -> env(s), policy (+ frozen reference), reward source, engine, algorithm
+    each phase:
+        episodes = runner.run(envs, prompt seeds)        # token-in / token-out
+        batch    = collate(episodes); batch.old_logprobs = trainer forward (pi_old)
+        turn_rewards = reward source(episodes, batch)     # what the algorithm optimizes
+        metrics  = algorithm.step(batch, turn_rewards)
+        engine.load_weights(policy, version=step)
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
+from agents.rewards import GoldReward, ModelReward
+from agents.warmstart import warm_start_policy
+from envs import base as env_base
+from rlhf import checkpoint as ckpt
+from rlhf.algos import RL_ALGOS
+from rlhf.algos.rm import env_kwargs, reward_model_dir
+from rlhf.evaluate import evaluate_policy, save_eval
+from rlhf.functional import masked_mean
+from rlhf.logger import Logger
+from rlhf.rollout.batch import collate
+from rlhf.rollout.engine import HFEngine, SamplingParams
+from rlhf.rollout.runner import EpisodeRunner
+
+log = logging.getLogger("rlhf")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def sampling_params(rollout_cfg, temperature: float | None = None) -> SamplingParams:
+    return SamplingParams(temperature=float(rollout_cfg.temperature if temperature is None else temperature),
+                          top_p=float(rollout_cfg.top_p), top_k=int(rollout_cfg.top_k),
+                          max_new_tokens=int(rollout_cfg.max_new_tokens),
+                          stop_strings=tuple(rollout_cfg.stop_strings))
+
+
+def build_reward_source(cfg, policy_dir: Path):
+    """(reward source, reward model or None) for the `reward` config group."""
+    if cfg.reward.name == "gold":
+        return GoldReward(str(cfg.reward.component)), None
+    source = ModelReward(reward_model_dir(cfg, policy_dir, log.info), bool(cfg.reward.normalize))
+    return source, source.model
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        seed_everything(int(cfg.seed))
+        self.env_name = str(cfg.env.name)
+        probe_env = env_base.make(self.env_name, split="train", **env_kwargs(cfg))
+        self.policy_dir = warm_start_policy(cfg, probe_env, log.info)
+        self.tokenizer = load_tokenizer(self.policy_dir)
+        policy = load_lm(self.policy_dir)
+        self.ref = frozen_copy(policy)
+        if int(cfg.model.lora.rank) > 0:
+            policy = apply_lora(policy, cfg.model.lora)
+        self.policy = policy
+        self.reward, reward_model = build_reward_source(cfg, self.policy_dir)
+        self.algo = RL_ALGOS[cfg.algo.name](cfg, policy, self.ref, self.tokenizer, reward_model=reward_model)
+        self.engine = HFEngine(policy, self.tokenizer, int(cfg.rollout.max_batch_size))
+        self.runner = EpisodeRunner(self.engine, self.tokenizer, sampling_params(cfg.rollout),
+                                    max_turns=int(cfg.env.max_turns),
+                                    max_total_tokens=int(policy.config.max_position_embeddings))
+        n_episodes = int(cfg.train.prompts_per_step) * self.algo.samples_per_prompt
+        self.envs = [env_base.make(self.env_name, split="train", **env_kwargs(cfg)) for _ in range(n_episodes)]
+        self.step, self.prompt_counter = 0, 0
+        if cfg.train.resume:
+            self.restore(ckpt.resolve_resume(cfg.train.resume, self.run_dir, self.run_dir.parent))
+
+    # --- prompts ---------------------------------------------------------------------------
+    def next_prompt_seeds(self) -> list[int]:
+        """Seeds of this phase's prompts, each repeated samples_per_prompt times (adjacent)."""
+        n = int(self.cfg.train.prompts_per_step)
+        base = int(self.cfg.seed) * 1_000_000_007 + self.prompt_counter
+        self.prompt_counter += n
+        return [base + i for i in range(n) for _ in range(self.algo.samples_per_prompt)]
+
+    # --- one phase -------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        t0 = time.time()
+        episodes = self.runner.run(self.envs, self.next_prompt_seeds())
+        t_gen = time.time() - t0
+        batch = collate(episodes, self.tokenizer.pad_token_id)
+        turn_rewards, metrics = self.reward(episodes, batch)
+        t_score = time.time() - t0 - t_gen
+        batch.old_logprobs = self.algo.frozen_logprobs(self.policy, batch)
+        gap = ((batch.old_logprobs - batch.behaviour_logprobs).abs() * batch.action_mask).max()
+        t1 = time.time()
+        metrics.update(self.algo.step(batch, turn_rewards))
+        t_train = time.time() - t1
+        self.engine.load_weights(self.policy.named_parameters(), version=self.step + 1)
+        t_sync = time.time() - t1 - t_train
+        generated = int(batch.action_mask.sum())
+        metrics.update({
+            "objective/scores": float(turn_rewards.sum(-1).mean()),
+            **self.env_metrics(episodes),
+            "response_length/mean": float(batch.response_length.float().mean()),
+            "objective/eos_rate": float(batch.finished.float().mean()),
+            "rollout/logp_diff_max": float(gap),
+            "rollout/policy_version": float(self.engine.version),
+            "timing_s/gen": t_gen, "timing_s/score": t_score, "timing_s/train": t_train, "timing_s/sync": t_sync,
+            "perf/tokens_per_s": generated / max(t_gen, 1e-9),
+            "perf/time_per_step": time.time() - t0,
+        })
+        return metrics
+
+    def env_metrics(self, episodes) -> dict[str, float]:
+        first = episodes[0].rewards[0]
+        out = {}
+        if isinstance(first, dict):
+            for component in first:
+                out[f"env/{self.env_name}/{component}"] = float(np.mean([ep.env_reward(component) for ep in episodes]))
+            if "gold" in first:
+                out["objective/gold"] = out[f"env/{self.env_name}/gold"]
+        else:
+            out[f"env/{self.env_name}/return"] = float(np.mean([ep.env_reward("return") for ep in episodes]))
+        return out
+
+    # --- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        total = int(cfg.train.steps)
+        logger = Logger(self.run_dir, total, int(cfg.train.log_every), first_step=self.step + 1)
+        log.info(f"[train] {cfg.algo.name} on env={self.env_name}, reward={cfg.reward.name}: "
+                 f"{total} phases x {len(self.envs)} episodes; run dir {self.run_dir}")
+        metrics: dict[str, float] = {}
+        try:
+            while self.step < total:
+                metrics = self.train_step()
+                self.step += 1
+                logger.log(self.step, metrics)
+                every = int(cfg.eval.every)
+                if every and self.step % every == 0 and self.step < total:
+                    logger_eval = self.evaluate()
+                    for k, v in logger_eval.items():
+                        logger.writer.add_scalar(f"eval/{k}", v, self.step)
+                if self.step == total or (int(cfg.train.checkpoint_every) and self.step % int(cfg.train.checkpoint_every) == 0):
+                    self.save()
+            final_eval = self.evaluate()
+            for k, v in final_eval.items():
+                logger.writer.add_scalar(f"eval/{k}", v, self.step)
+            save_eval(self.run_dir, self.step, final_eval)
+            log.info("[eval] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in final_eval.items()))
+        finally:
+            logger.close()
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        reward_model = self.reward if isinstance(self.reward, ModelReward) else None
+        return evaluate_policy(self.cfg, self.policy, self.ref, self.tokenizer, reward_model)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def save(self) -> Path:
+        state = {"step": self.step, "prompt_counter": self.prompt_counter, "rng": rng_state(),
+                 "algo": self.algo.state_dict(), "engine_version": self.engine.version,
+                 "policy_dir": str(self.policy_dir), "config": OmegaConf.to_container(self.cfg, resolve=True)}
+        path = ckpt.save_checkpoint(self.run_dir, self.step, state, self.algo.modules(), self.tokenizer,
+                                    int(self.cfg.train.keep_checkpoints))
+        log.info(f"[checkpoint] {path}")
+        return path
+
+    def restore(self, path: Path) -> None:
+        state, module_states = ckpt.load_checkpoint(path)
+        for name, module in self.algo.modules().items():
+            if name not in module_states:
+                raise KeyError(f"checkpoint {path} has no '{name}' weights (has {sorted(module_states)})")
+            module.load_state_dict(module_states[name])
+        self.algo.load_state_dict(state["algo"])
+        self.step, self.prompt_counter = int(state["step"]), int(state["prompt_counter"])
+        self.engine.version = int(state["engine_version"])
+        set_rng_state(state["rng"])
+        log.info(f"[resume] from {path} at step {self.step}")
