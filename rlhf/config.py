@@ -20,7 +20,7 @@ GROUPS = ("algo", "env", "model", "reward", "rollout", "launcher")
 # key -> valid values (checked when the key exists in the composed config)
 CHOICES: dict[str, tuple] = {
     "device": ("cpu", "cuda"),
-    "algo.clip": ("joint", "separate"),
+    "algo.clip_variant": ("joint", "separate"),
     "algo.kl_from": ("current", "old"),
     "algo.loss_average": ("pairs", "tokens"),
     "algo.reward_scaling": ("running", "none"),

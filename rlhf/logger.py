@@ -32,8 +32,7 @@ class Logger:
         elapsed = time.time() - self.start
         eta = elapsed / done * (self.total - step)
         parts = [f"step {step}/{self.total}"]
-        parts += [f"{short} {metrics[key]:.3f}" if abs(metrics[key]) < 1000 else f"{short} {metrics[key]:.0f}"
-                  for key, short in CONSOLE_KEYS if key in metrics]
+        parts += [f"{short} {metrics[key]:.4g}" for key, short in CONSOLE_KEYS if key in metrics]
         parts.append(f"{elapsed / done:.2f}s/step eta {eta / 60:.1f}m")
         log.info(" | ".join(parts))
 

@@ -39,7 +39,7 @@ def p3o_pair_loss(q: torch.Tensor, weight: torch.Tensor, logp: torch.Tensor, old
         d, d_old = u[0::2] - u[1::2], u_old[0::2] - u_old[1::2]
         return clipped_surrogate(signal, d, d_old, eps) / 2
     if clip != "separate":
-        raise ValueError(f"algo.clip='{clip}' unknown; valid choices: joint, separate")
+        raise ValueError(f"algo.clip_variant={clip!r} unknown; valid choices: joint, separate")
     if tokenwise:
         per_token = clipped_surrogate(torch.stack([signal, -signal], 1).reshape(-1, 1), logp, old_logp, eps)
         per_response = masked_sum(per_token, mask, dim=-1)
@@ -99,7 +99,7 @@ class P3O(Algorithm):
                     q = q / (q.std() + 1e-8)
                 log_rho = sequence_logprob(logp.detach() - old_logp[rows], m)
                 weight = clipped_importance_weight(log_rho[0::2] + log_rho[1::2], float(a.cliprange_ratio))
-                per_pair = p3o_pair_loss(q, weight, logp, old_logp[rows], m, a.clip, float(a.cliprange),
+                per_pair = p3o_pair_loss(q, weight, logp, old_logp[rows], m, a.clip_variant, float(a.cliprange),
                                          bool(a.tokenwise))
                 if a.loss_average == "tokens":
                     loss = per_pair.sum() / m.sum().clamp(min=1)

@@ -102,7 +102,7 @@ class PPO(Algorithm):
                                    "policy/clipfrac": pg_stats["clipfrac"], "policy/approxkl": pg_stats["approxkl"],
                                    "val/ratio": pg_stats["ratio"], "val/clipfrac": vf_stats["clipfrac"],
                                    "policy/grad_norm": grad_norm}.items():
-                    stats.setdefault(key, []).append(float(value))
+                    stats.setdefault(key, []).append(float(value.detach()) if torch.is_tensor(value) else float(value))
 
         sequence_kl = masked_sum(kl_estimate(old_logp, ref_logp, "k1"), mask, dim=-1)
         self.kl_ctl.update(float(sequence_kl.mean()), len(batch))

@@ -1,0 +1,80 @@
+"""The CLI's config contract: documented keys, clear errors before any work, --cfg job."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf.config import CONFIG_DIR, ConfigError, check_override_keys, validate
+from tests.conftest import compose_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_every_config_key_has_a_comment():
+    """Each `key:` line in configs/ carries a comment, inline or on the line above."""
+    undocumented = []
+    for path in sorted(Path(CONFIG_DIR).rglob("*.yaml")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if not re.match(r"^\s*[A-Za-z_][\w.-]*\s*:", line) or line.strip().startswith("#"):
+                continue
+            if line.strip().startswith("defaults"):
+                continue
+            above = lines[i - 1].strip() if i else ""
+            if "#" not in line and not above.startswith("#"):
+                undocumented.append(f"{path.name}:{i + 1}: {line.strip()}")
+    assert not undocumented, "keys without a comment:\n" + "\n".join(undocumented)
+
+
+def test_unknown_key_names_valid_keys_and_a_guess():
+    cfg = compose_cfg([])
+    with pytest.raises(ConfigError, match=r"algo\.lrr.*Did you mean 'algo\.lr'.*Valid keys under 'algo'"):
+        check_override_keys(cfg, ["algo.lrr=1"])
+    with pytest.raises(ConfigError, match=r"Valid keys at the top level: .*train"):
+        check_override_keys(cfg, ["trainer.lr=1"])
+    check_override_keys(cfg, ["algo.lr=1", "algo=ppo", "+extra.key=1"])  # valid ones pass
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo.clip_variant=both"], r"algo.clip_variant='both'.*valid choices: joint, separate"),
+    (["algo=ppo", "algo.kl_estimator=k9"], r"valid choices: k1, k2, k3"),
+    (["algo=p3o", "algo.samples_per_prompt=3"], r"samples_per_prompt must be 2"),
+    (["algo=rm", "reward=gold"], r"algo=rm trains the proxy reward model"),
+    (["algo=ppo", "reward=gold", "algo.critic_init=reward_model"], r"critic_init=reward_model needs reward=rm"),
+    (["rollout.top_p=1.5"], r"top_p=1.5 must lie in \(0, 1\]"),
+    (["env.label_noise=2"], r"env.label_noise=2 must lie in \[0, 1\]"),
+    (["train.steps=0"], r"train.steps=0 must be a positive integer"),
+    (["model.path=/nonexistent/model"], r"model.path=/nonexistent/model is not a directory"),
+    (["train.resume=/nonexistent/run"], r"train.resume=/nonexistent/run does not exist"),
+])
+def test_bad_values_and_combinations_are_rejected(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(overrides))
+
+
+def test_cli_rejects_before_any_work(tmp_path):
+    """Bad key, value, group: exit code != 0, a message naming the valid choices, no run dir."""
+    result = cli("algo.lrr=1", cwd=tmp_path)
+    assert result.returncode == 2 and "Did you mean 'algo.lr'" in result.stderr
+    result = cli("algo=ppx", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Available options in 'algo'" in result.stderr and "p3o" in result.stderr and "ppo" in result.stderr
+    result = cli("algo.clip_variant=both", cwd=tmp_path)
+    assert result.returncode == 2 and "valid choices: joint, separate" in result.stderr
+    assert not (tmp_path / "runs").exists(), "a run directory was created for a rejected config"
+
+
+def test_cfg_job_prints_resolved_config(tmp_path):
+    result = cli("algo=ppo", "algo.lr=0.001", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: ppo" in result.stdout and "lr: 0.001" in result.stdout
+    assert "cache_dir:" in result.stdout
