@@ -90,6 +90,9 @@ class Trainer:
         n_episodes = int(cfg.train.prompts_per_step) * self.algo.samples_per_prompt
         self.envs = [env_base.make(self.env_name, split="train", **env_kwargs(cfg)) for _ in range(n_episodes)]
         self.step, self.prompt_counter = 0, 0
+        # Building warm starts consumes random numbers only when they are not cached yet:
+        # seed again so a run does not depend on what the cache held.
+        seed_everything(int(cfg.seed))
         if cfg.train.resume:
             self.restore(ckpt.resolve_resume(cfg.train.resume, self.run_dir, self.run_dir.parent))
 
