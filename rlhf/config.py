@@ -35,6 +35,19 @@ POSITIVE_INTS = ("train.steps", "train.prompts_per_step", "algo.samples_per_prom
 UNIT_INTERVAL = ("env.label_noise", "env.eval_fraction")
 
 
+def compose(overrides: list[str]) -> DictConfig:
+    """The config `python -m rlhf.train <overrides>` would run, via Hydra's Compose API
+    (for tests and sweeps that train in-process); checked like the CLI checks it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        check_override_keys(hydra_compose("config", overrides=[o for o in overrides
+                                                               if o.split("=", 1)[0].lstrip("+~") in GROUPS]),
+                            overrides)
+        return hydra_compose("config", overrides=overrides)
+
+
 class ConfigError(ValueError):
     """A bad value, key or combination, found before any work started."""
 

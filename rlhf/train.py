@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf.config import CONFIG_DIR, GROUPS, ConfigError, check_override_keys, validate
+from rlhf.config import CONFIG_DIR, ConfigError, compose, validate
 
 log = logging.getLogger("rlhf")
 
@@ -67,20 +67,13 @@ def _hydra_main(cfg: DictConfig) -> None:
 def precheck(argv: list[str]) -> None:
     """Reject unknown keys, bad values and impossible combinations before Hydra starts a
     run (Hydra would not list the valid keys, and would already have made a run dir)."""
-    from hydra import compose, initialize_config_dir
-
     overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra."))]
-    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        try:
-            cfg = compose("config", overrides=groups)
-        except Exception:  # a bad group value: Hydra reports it (with the valid options) below
-            return
-        check_override_keys(cfg, overrides)
-        try:
-            cfg = compose("config", overrides=overrides)
-        except Exception:  # a malformed value: Hydra's own message below says what is wrong
-            return
+    try:
+        cfg = compose(overrides)
+    except ConfigError:
+        raise
+    except Exception:  # a bad group value or malformed override: Hydra reports it below
+        return
     validate(cfg)
 
 

@@ -153,26 +153,29 @@ class Trainer:
         log.info(f"[train] {cfg.algo.name} on env={self.env_name}, reward={cfg.reward.name}: "
                  f"{total} phases x {len(self.envs)} episodes; run dir {self.run_dir}")
         metrics: dict[str, float] = {}
+        every = int(cfg.eval.every)
         try:
+            if every and self.step == 0:  # the reference point every KL-reward curve starts from
+                self.log_eval(logger, self.evaluate())
             while self.step < total:
                 metrics = self.train_step()
                 self.step += 1
                 logger.log(self.step, metrics)
-                every = int(cfg.eval.every)
                 if every and self.step % every == 0 and self.step < total:
-                    logger_eval = self.evaluate()
-                    for k, v in logger_eval.items():
-                        logger.writer.add_scalar(f"eval/{k}", v, self.step)
+                    self.log_eval(logger, self.evaluate())
                 if self.step == total or (int(cfg.train.checkpoint_every) and self.step % int(cfg.train.checkpoint_every) == 0):
                     self.save()
             final_eval = self.evaluate()
-            for k, v in final_eval.items():
-                logger.writer.add_scalar(f"eval/{k}", v, self.step)
+            self.log_eval(logger, final_eval)
             save_eval(self.run_dir, self.step, final_eval)
             log.info("[eval] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in final_eval.items()))
         finally:
             logger.close()
         return metrics
+
+    def log_eval(self, logger: Logger, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            logger.writer.add_scalar(f"eval/{key}", value, self.step)
 
     def evaluate(self) -> dict[str, float]:
         reward_model = self.reward if isinstance(self.reward, ModelReward) else None

@@ -6,31 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
-from rlhf.config import CONFIG_DIR  # noqa: E402
+from rlhf.config import compose as compose_cfg  # noqa: E402,F401  (re-exported for tests)
+from rlhf.logger import read_scalars  # noqa: E402,F401
 
 # Small but real settings for tests that only need *a* warm-started policy, not a good one:
 # a 2,000-demonstration SFT (~5 s) and a 300-pair reward model (~5 s), cached like any run.
 SMALL = ["model.sft.demonstrations=2000", "model.sft.epochs=1", "env.preference_pairs=300",
          "train.prompts_per_step=8", "eval.prompts=8", "rollout.max_new_tokens=24"]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
-def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """All TensorBoard scalars of a run directory: tag -> [(step, value)]."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.fixture

@@ -1,0 +1,129 @@
+"""Reproduction suite: `python -m rlhf.reproduce <claim> [--quick] [--out DIR]`.
+
+A claim is a small declarative definition (rlhf/reproduce/claims/): the runs it needs
+(config overrides: algorithms x settings x seeds), the metrics to collect from their
+TensorBoard logs, the plots, and a criterion that turns the numbers into a verdict.
+Runs go through the ordinary training entry point (rlhf.train.run), so the warm starts
+(SFT, reward models) are cached and shared, and every run directory is a normal run that
+TensorBoard and rlhf.evaluate understand.
+
+Output (one directory per claim): plots (PNG), report.md with tables and the verdict line
+`REPRODUCED` / `NOT REPRODUCED` (criterion and measured values), results.json.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import pkgutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("rlhf")
+
+
+@dataclass
+class RunSpec:
+    """One training run of a sweep: a name, its arm (what is compared), and overrides."""
+    name: str
+    arm: str
+    overrides: list[str]
+    params: dict[str, Any] = field(default_factory=dict)  # e.g. {"kl_coef": 0.1, "seed": 1}
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    run_dir: Path
+    scalars: dict[str, list[tuple[int, float]]]  # every TensorBoard scalar of the run
+    seconds: float
+
+
+@dataclass
+class Verdict:
+    reproduced: bool
+    criterion: str  # what was tested, in words, with its threshold
+    measured: str  # the measured values the decision used
+
+    def line(self) -> str:
+        word = "REPRODUCED" if self.reproduced else "NOT REPRODUCED"
+        return f"{word}: {self.criterion} — measured: {self.measured}"
+
+
+@dataclass
+class Claim:
+    name: str
+    paper: str
+    statement: str  # the paper's qualitative claim, as tested here
+    runs: Callable[[bool], list[RunSpec]]  # quick -> the sweep
+    analyze: Callable[[list[RunResult], Path], tuple[Verdict, str]]  # -> verdict, markdown body
+    budget: str = ""  # what the full sweep costs on 2 cores
+
+
+_CLAIMS: dict[str, Claim] = {}
+
+
+def register(claim: Claim) -> Claim:
+    _CLAIMS[claim.name] = claim
+    return claim
+
+
+def all_claims() -> dict[str, Claim]:
+    package = importlib.import_module("rlhf.reproduce.claims")
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return dict(sorted(_CLAIMS.items()))
+
+
+def get_claim(name: str) -> Claim:
+    known = all_claims()
+    if name not in known:
+        raise SystemExit(f"unknown claim '{name}'; valid choices: {', '.join(known)}")
+    return known[name]
+
+
+def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
+    """Train one run (or reuse it if a previous invocation finished it) and read its logs."""
+    from rlhf.config import compose
+    from rlhf.logger import read_scalars
+    from rlhf.train import run
+
+    run_dir = runs_dir / spec.name
+    done = run_dir / "eval"
+    start = time.time()
+    if done.exists() and any(done.glob("step_*.json")):
+        log.info(f"[reproduce] reusing finished run {run_dir}")
+    else:
+        cfg = compose(spec.overrides)
+        run(cfg, run_dir)
+    return RunResult(spec, run_dir, read_scalars(run_dir), time.time() - start)
+
+
+def run_claim(name: str, quick: bool, out: Path) -> Verdict:
+    claim = get_claim(name)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = claim.runs(quick)
+    log.info(f"[reproduce] {claim.name}{' (quick)' if quick else ''}: {len(specs)} runs -> {out}")
+    results, start = [], time.time()
+    for i, spec in enumerate(specs, 1):
+        log.info(f"[reproduce] run {i}/{len(specs)}: {spec.name} ({' '.join(spec.overrides)})")
+        results.append(execute(spec, out / "runs"))
+    verdict, body = claim.analyze(results, out)
+    minutes = (time.time() - start) / 60
+    report = "\n".join([
+        f"# {claim.name}{' (quick)' if quick else ''}", "",
+        f"**Paper:** {claim.paper}", "", f"**Claim tested:** {claim.statement}", "",
+        f"**Verdict:** {verdict.line()}", "", body, "",
+        f"Runs: {len(results)} ({'quick mode' if quick else 'full sweep'}), wall time {minutes:.1f} min. "
+        f"Every number above was read from the runs' TensorBoard logs under `runs/`.", ""])
+    (out / "report.md").write_text(report)
+    (out / "results.json").write_text(json.dumps({
+        "claim": claim.name, "quick": quick, "verdict": verdict.line(), "reproduced": verdict.reproduced,
+        "runs": [{"name": r.spec.name, "arm": r.spec.arm, "params": r.spec.params, "run_dir": str(r.run_dir),
+                  "seconds": r.seconds} for r in results]}, indent=2))
+    log.info(f"[reproduce] {verdict.line()}")
+    log.info(f"[reproduce] report: {out / 'report.md'}")
+    return verdict

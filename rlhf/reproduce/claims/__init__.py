@@ -1,0 +1,1 @@
+"""One module per claim; each calls rlhf.reproduce.register at import."""
