@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,7 +37,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], modules: dict[str, torch.nn.Module],
-                    tokenizer, keep: int) -> Path:
+                    keep: int, write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write checkpoint `step` atomically. `write_extra(tmp_dir)` adds files (the trainer's
+    HF save_pretrained copy) before the directory is renamed into place."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
@@ -47,8 +49,8 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], modules: di
     torch.save(state, tmp / STATE)
     for module_name, module in modules.items():
         torch.save(module.state_dict(), tmp / f"{module_name}.pt")
-    modules["policy"].save_pretrained(str(tmp / "hf"))
-    tokenizer.save_pretrained(str(tmp / "hf"))
+    if write_extra is not None:
+        write_extra(tmp)
     if final.exists():  # re-running a step after resume: replace it
         shutil.rmtree(final)
     os.rename(tmp, final)

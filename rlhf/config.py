@@ -77,11 +77,14 @@ _MISSING = object()
 
 
 def validate(cfg: DictConfig) -> None:
-    from rlhf.algos import algo_names
+    from rlhf.algos import algo_names, env_kinds
 
     _check_choice("algo.name", cfg.algo.name, algo_names())
-    from envs.base import registered
-    _check_choice("env.name", cfg.env.name, registered())
+    kinds = env_kinds(str(cfg.algo.name))
+    env_kind = cfg.env.get("kind", "text")
+    if env_kind not in kinds:
+        raise ConfigError(f"algo={cfg.algo.name} runs on env kinds {', '.join(kinds)}, but env={cfg.env.name} "
+                          f"is of kind '{env_kind}'; choose an env of kind {' or '.join(kinds)}")
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:

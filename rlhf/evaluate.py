@@ -18,8 +18,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from agents.models import lm_forward
 from envs import base as env_base
 from envs.text.corpus import words
+from rlhf.algos.rm import env_kwargs
 from rlhf.functional import kl_estimate, masked_sum, token_logprobs
 from rlhf.rollout.batch import collate
 from rlhf.rollout.engine import HFEngine, SamplingParams
@@ -42,8 +44,6 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None) -> dict[str,
     KL(pi || ref) is the mean over samples of sum_t log pi - log ref (k1, at temperature 1
     when eval.temperature is 1), the quantity of KL-reward frontiers. The training RNG
     is untouched (forked), so evaluating never changes what training does next."""
-    from rlhf.algos.rm import env_kwargs
-
     n_prompts, k = int(cfg.eval.prompts), int(cfg.eval.samples_per_prompt)
     temperature = float(cfg.eval.temperature)
     sampling = SamplingParams(temperature=temperature, max_new_tokens=int(cfg.rollout.max_new_tokens),
@@ -61,7 +61,6 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None) -> dict[str,
     policy.train(was_training)
     batch = collate(episodes, tokenizer.pad_token_id)
     tau = temperature or 1.0
-    from agents.models import lm_forward
     logp = token_logprobs(lm_forward(policy, batch.input_ids, batch.attention_mask), batch.input_ids, tau)
     ref_logp = token_logprobs(lm_forward(ref, batch.input_ids, batch.attention_mask), batch.input_ids, tau)
     kl = masked_sum(kl_estimate(logp, ref_logp, "k1", clamp=1e9), batch.action_mask, dim=-1)
@@ -110,28 +109,40 @@ def load_run(path: str, overrides: list[str]):
     return checkpoint, state, cfg
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    from agents.models import frozen_copy, load_lm, load_tokenizer
+def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict) -> dict[str, float]:
+    """Rebuild policy (from its warm start + checkpoint weights), reference and proxy RM."""
+    from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
     from agents.rewards import ModelReward
     from rlhf.algos.rm import reward_model_dir
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    checkpoint, state, cfg = load_run(path, overrides)
-    torch.set_num_threads(int(cfg.threads) or torch.get_num_threads())
     policy_dir = Path(state["policy_dir"])
     tokenizer = load_tokenizer(checkpoint / "hf")
     ref = frozen_copy(load_lm(policy_dir))
     policy = load_lm(policy_dir)
     if int(cfg.model.lora.rank) > 0:
-        from agents.models import apply_lora
         policy = apply_lora(policy, cfg.model.lora)
     policy.load_state_dict(torch.load(checkpoint / "policy.pt", weights_only=True))
     reward_model = None
     if cfg.reward.name == "rm":
         reward_model = ModelReward(reward_model_dir(cfg, policy_dir, log.info), bool(cfg.reward.normalize))
-    metrics = evaluate_policy(cfg, policy, ref, tokenizer, reward_model)
+    return evaluate_policy(cfg, policy, ref, tokenizer, reward_model)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    from rlhf.algos import standalone_module
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    checkpoint, state, cfg = load_run(path, overrides)
+    torch.set_num_threads(int(cfg.threads) or torch.get_num_threads())
     run_dir = checkpoint.parent.parent
+    module = standalone_module(str(cfg.algo.name))
+    if module is None:
+        metrics = evaluate_lm_checkpoint(cfg, checkpoint, state)
+    elif hasattr(module, "evaluate"):
+        metrics = module.evaluate(cfg, checkpoint, run_dir)
+    else:
+        raise SystemExit(f"algo={cfg.algo.name} runs have no evaluation; evaluate the runs that use them")
     out = save_eval(run_dir, int(state["step"]), metrics)
     with SummaryWriter(str(run_dir)) as writer:
         for key, value in metrics.items():

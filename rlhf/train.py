@@ -20,39 +20,23 @@ log = logging.getLogger("rlhf")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train (or, for algo=rm, build the reward model) with a composed, validated config."""
+    """Train with a composed config: validated first, then the RL loop or the algorithm's
+    own entry point (rlhf.algos.STANDALONE_ALGOS)."""
     import torch
+
+    from rlhf.algos import standalone_module
 
     validate(cfg)
     if int(cfg.threads) > 0:
         torch.set_num_threads(int(cfg.threads))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.algo.name == "rm":
-        return train_reward_model(cfg, run_dir)
+    module = standalone_module(str(cfg.algo.name))
+    if module is not None:
+        return module.train(cfg, run_dir)
     from rlhf.trainer import Trainer
 
     return Trainer(cfg, run_dir).fit()
-
-
-def train_reward_model(cfg: DictConfig, run_dir: Path) -> dict:
-    import json
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    from agents.warmstart import warm_start_policy
-    from envs import base as env_base
-    from rlhf.algos.rm import env_kwargs, reward_model_dir
-
-    env = env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg))
-    path = reward_model_dir(cfg, warm_start_policy(cfg, env, log.info), log.info)
-    metrics = json.loads((path / "metrics.json").read_text())
-    with SummaryWriter(str(run_dir)) as writer:
-        for key, value in metrics.items():
-            writer.add_scalar(key, value, 0)
-    (run_dir / "reward_model.txt").write_text(f"{path}\n")
-    log.info(f"[rm] reward model at {path}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    return metrics
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")

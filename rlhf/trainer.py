@@ -186,10 +186,14 @@ class Trainer:
         state = {"step": self.step, "prompt_counter": self.prompt_counter, "rng": rng_state(),
                  "algo": self.algo.state_dict(), "engine_version": self.engine.version,
                  "policy_dir": str(self.policy_dir), "config": OmegaConf.to_container(self.cfg, resolve=True)}
-        path = ckpt.save_checkpoint(self.run_dir, self.step, state, self.algo.modules(), self.tokenizer,
-                                    int(self.cfg.train.keep_checkpoints))
+        path = ckpt.save_checkpoint(self.run_dir, self.step, state, self.algo.modules(),
+                                    int(self.cfg.train.keep_checkpoints), self.write_hf_copy)
         log.info(f"[checkpoint] {path}")
         return path
+
+    def write_hf_copy(self, checkpoint_dir: Path) -> None:
+        self.policy.save_pretrained(str(checkpoint_dir / "hf"))
+        self.tokenizer.save_pretrained(str(checkpoint_dir / "hf"))
 
     def restore(self, path: Path) -> None:
         state, module_states = ckpt.load_checkpoint(path)

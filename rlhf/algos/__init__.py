@@ -1,15 +1,36 @@
-"""Algorithm registry: `algo=<name>` selects one. One algorithm per file."""
+"""Algorithm registry: `algo=<name>` selects one. One algorithm per file.
+
+Two kinds of algorithm:
+* RL_ALGOS train an LM policy inside the shared rollout/update loop (rlhf.trainer) on text
+  environments.
+* STANDALONE_ALGOS have their own loop (reward-model training, non-LM control algorithms).
+  Each names a module that defines `train(cfg, run_dir) -> metrics` and, optionally,
+  `evaluate(cfg, checkpoint_dir, run_dir) -> metrics` for `python -m rlhf.evaluate`.
+"""
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 from rlhf.algos.base import Algorithm
 from rlhf.algos.p3o import P3O
 from rlhf.algos.ppo import PPO
 
-# Algorithms that train a policy with the rollout/update loop of rlhf.trainer.
 RL_ALGOS: dict[str, type[Algorithm]] = {"ppo": PPO, "p3o": P3O}
-# Algorithms with their own entry point (no rollout loop).
-STANDALONE_ALGOS = ("rm",)
+RL_ENV_KINDS = ("text",)
+# name -> (module, env kinds it runs on)
+STANDALONE_ALGOS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "rm": ("rlhf.algos.rm", ("text",)),
+}
 
 
 def algo_names() -> list[str]:
     return sorted([*RL_ALGOS, *STANDALONE_ALGOS])
+
+
+def env_kinds(algo: str) -> tuple[str, ...]:
+    return STANDALONE_ALGOS[algo][1] if algo in STANDALONE_ALGOS else RL_ENV_KINDS
+
+
+def standalone_module(algo: str) -> ModuleType | None:
+    return importlib.import_module(STANDALONE_ALGOS[algo][0]) if algo in STANDALONE_ALGOS else None

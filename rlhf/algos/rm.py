@@ -9,6 +9,7 @@ no model with the same settings, data and code exists.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from rlhf.cache import cached, source_digest
 from rlhf.functional import bradley_terry_loss
 from rlhf.rollout.engine import HFEngine, SamplingParams
 from rlhf.rollout.runner import EpisodeRunner
+
+log = logging.getLogger("rlhf")
 
 
 def sample_preference_pairs(cfg, policy_dir: Path, seed: int, log=print) -> list[dict]:
@@ -49,7 +52,8 @@ def sample_preference_pairs(cfg, policy_dir: Path, seed: int, log=print) -> list
 
 
 def env_kwargs(cfg) -> dict:
-    return {k: v for k, v in cfg.env.items() if k not in ("name",)}
+    """The env config minus what selects the env (its name and kind)."""
+    return {k: v for k, v in cfg.env.items() if k not in ("name", "kind")}
 
 
 def label_pairs(pairs: list[dict], label_noise: float, rng: random.Random) -> list[tuple[list[int], list[int]]]:
@@ -150,3 +154,21 @@ def reward_model_dir(cfg, policy_dir: Path, log=print) -> Path:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     return cached(cfg.cache_dir, "rm", reward_model_spec(cfg, policy_dir), build, log)
+
+
+def train(cfg, run_dir: Path) -> dict:
+    """`python -m rlhf.train algo=rm`: build (or reuse) the reward model of these settings and
+    log its validation metrics into the run directory."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from agents.warmstart import warm_start_policy
+
+    env = env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg))
+    path = reward_model_dir(cfg, warm_start_policy(cfg, env, log.info), log.info)
+    metrics = json.loads((path / "metrics.json").read_text())
+    with SummaryWriter(str(run_dir)) as writer:
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, 0)
+    (run_dir / "reward_model.txt").write_text(f"{path}\n")
+    log.info(f"[rm] reward model at {path}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return metrics
