@@ -4,19 +4,30 @@ A source turns finished episodes into the optimization reward of each turn, plac
 turn's last generated token (`[B, L]`, zeros elsewhere), plus metrics to log.
 
 * `gold`: a named component of the environment's own reward (the gold scorer on env=text).
-* `rm`: a proxy reward model (rlhf.algos.rm) scoring each whole episode's token ids,
-  normalized so that SFT samples have mean 0 and std 1 (reward.normalize).
+* `rm` / `ensemble`: k >= 1 proxy reward models (rlhf.algos.rm) scoring each whole
+  episode's token ids, each normalized so that SFT samples have mean 0 and std 1
+  (reward.normalize), combined by reward.objective (mean | wco | uwo, Coste et al.). A
+  single RM is the ensemble with one member.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 
 from agents.models import ValueModel
+from rlhf.functional import ensemble_objective
 from rlhf.rollout.batch import Batch
 from rlhf.rollout.runner import Episode
+
+
+def place_on_last_turn(episodes: list[Episode], batch: Batch, scores: torch.Tensor) -> torch.Tensor:
+    rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+    last_turn_end = torch.tensor([ep.turn_ends[-1] for ep in episodes])
+    rewards[torch.arange(len(episodes)), last_turn_end] = scores
+    return rewards
 
 
 class GoldReward:
@@ -31,21 +42,69 @@ class GoldReward:
         return rewards, {}
 
 
-class ModelReward:
-    def __init__(self, path: Path, normalize: bool):
-        self.model = ValueModel.load(path).eval()
-        self.model.requires_grad_(False)
-        stats = json.loads((Path(path) / "metrics.json").read_text())
-        self.shift = stats["rm/score_mean"] if normalize else 0.0
-        self.scale = stats["rm/score_std"] if normalize else 1.0
+class RewardModelEnsemble:
+    """k reward models over one tokenized batch.
+
+    member_pass: `loop` runs the members one after another on the shared padded batch;
+    `vmap` runs them as one batched call (torch.func over stacked weights). On these CPUs
+    the loop is faster (measured 0.11 s vs 0.35 s for 5 members x 64 sequences: SDPA has no
+    vmap batching rule on CPU), so `auto` picks vmap only on CUDA."""
+
+    def __init__(self, paths: list[Path], normalize: bool = True, objective: str = "mean",
+                 uwo_lambda: float = 0.5, member_pass: str = "auto"):
+        self.members = [ValueModel.load(p).eval().requires_grad_(False) for p in paths]
+        stats = [json.loads((Path(p) / "metrics.json").read_text()) for p in paths]
+        self.shift = torch.tensor([s["rm/score_mean"] if normalize else 0.0 for s in stats]).unsqueeze(1)
+        self.scale = torch.tensor([s["rm/score_std"] if normalize else 1.0 for s in stats]).unsqueeze(1)
+        self.objective, self.uwo_lambda = objective, float(uwo_lambda)
+        ensemble_objective(torch.zeros(len(paths), 1), objective)  # rejects wco/uwo with k = 1 now
+        self.member_pass = member_pass
+        self._stacked = None
+
+    @property
+    def model(self) -> ValueModel:
+        """A member, e.g. to initialize PPO's critic from."""
+        return self.members[0]
 
     @torch.no_grad()
+    def member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[k, B] normalized scores."""
+        use_vmap = self.member_pass == "vmap" or (self.member_pass == "auto" and input_ids.is_cuda)
+        if use_vmap and len(self.members) > 1:
+            raw = self._vmap_scores(input_ids, attention_mask)
+        else:
+            raw = torch.stack([m.score(input_ids, attention_mask) for m in self.members])
+        return (raw - self.shift.to(raw.device)) / self.scale.to(raw.device)
+
+    def _vmap_scores(self, input_ids, attention_mask) -> torch.Tensor:
+        from torch.func import functional_call, stack_module_state
+
+        if self._stacked is None:
+            params, buffers = stack_module_state(self.members)
+            skeleton = _ScoreOnly(copy.deepcopy(self.members[0]).to("meta"))
+            self._stacked = ({f"m.{k}": v for k, v in params.items()},
+                             {f"m.{k}": v for k, v in buffers.items()}, skeleton)
+        params, buffers, skeleton = self._stacked
+        return torch.vmap(lambda p, b: functional_call(skeleton, (p, b), (input_ids, attention_mask)))(params, buffers)
+
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return (self.model.score(input_ids, attention_mask) - self.shift) / self.scale
+        return ensemble_objective(self.member_scores(input_ids, attention_mask), self.objective, self.uwo_lambda)
 
     def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        scores = self.score(batch.input_ids, batch.attention_mask)
-        rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        last_turn_end = torch.tensor([ep.turn_ends[-1] for ep in episodes])
-        rewards[torch.arange(len(episodes)), last_turn_end] = scores
-        return rewards, {}
+        members = self.member_scores(batch.input_ids, batch.attention_mask)
+        scores = ensemble_objective(members, self.objective, self.uwo_lambda)
+        metrics = {"ensemble/mean": float(members.mean()),
+                   "ensemble/min": float(members.min(0).values.mean()),
+                   "ensemble/std": float(members.std(0, unbiased=False).mean())}
+        return place_on_last_turn(episodes, batch, scores), metrics
+
+
+class _ScoreOnly(torch.nn.Module):
+    """forward = ValueModel.score, so functional_call can run the score path."""
+
+    def __init__(self, model: ValueModel):
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.m.score(input_ids, attention_mask)

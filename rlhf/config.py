@@ -28,10 +28,13 @@ CHOICES: dict[str, tuple] = {
     "algo.kl_penalty": ("reward", "loss"),
     "algo.critic_init": ("auto", "reward_model", "policy"),
     "reward.init": ("policy", "scratch"),
+    "reward.objective": ("mean", "wco", "uwo"),
+    "reward.member_pass": ("auto", "loop", "vmap"),
 }
 POSITIVE_INTS = ("train.steps", "train.prompts_per_step", "algo.samples_per_prompt", "algo.epochs",
                  "algo.minibatches", "algo.minibatch_pairs", "rollout.max_new_tokens", "eval.prompts",
-                 "eval.samples_per_prompt", "env.preference_pairs", "env.max_turns")
+                 "eval.samples_per_prompt", "env.preference_pairs", "env.max_turns", "reward.members",
+                 "algo.prompts", "algo.n_max")
 UNIT_INTERVAL = ("env.label_noise", "env.eval_fraction")
 
 
@@ -114,11 +117,15 @@ def _check_combinations(cfg: DictConfig) -> None:
     if cfg.algo.name == "p3o" and int(cfg.algo.samples_per_prompt) != 2:
         raise ConfigError(f"algo=p3o pairs two responses per prompt: algo.samples_per_prompt must be 2, "
                           f"got {cfg.algo.samples_per_prompt}")
-    if cfg.algo.name == "rm" and cfg.reward.name != "rm":
-        raise ConfigError(f"algo=rm trains the proxy reward model of reward=rm; got reward={cfg.reward.name} "
-                          "(valid choices for algo=rm: reward=rm)")
-    if cfg.algo.name == "ppo" and cfg.algo.critic_init == "reward_model" and cfg.reward.name != "rm":
-        raise ConfigError(f"algo.critic_init=reward_model needs reward=rm (got reward={cfg.reward.name}); "
+    if cfg.algo.name in ("rm", "bon") and cfg.reward.name not in ("rm", "ensemble"):
+        raise ConfigError(f"algo={cfg.algo.name} needs proxy reward models; got reward={cfg.reward.name} "
+                          f"(valid choices for algo={cfg.algo.name}: reward=rm, reward=ensemble)")
+    objective = cfg.reward.get("objective")
+    if objective in ("wco", "uwo") and int(cfg.reward.members) < 2:
+        raise ConfigError(f"reward.objective={objective} combines an ensemble: reward.members must be >= 2, "
+                          f"got {cfg.reward.members} (with one member use reward.objective=mean)")
+    if cfg.algo.name == "ppo" and cfg.algo.critic_init == "reward_model" and cfg.reward.name == "gold":
+        raise ConfigError(f"algo.critic_init=reward_model needs a reward model (got reward={cfg.reward.name}); "
                           "valid choices here: algo.critic_init=auto or policy")
     if cfg.algo.name == "ppo" and not 0.0 <= float(cfg.algo.gamma) <= 1.0:
         raise ConfigError(f"algo.gamma={cfg.algo.gamma} must lie in [0, 1]")

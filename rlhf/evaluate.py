@@ -112,8 +112,7 @@ def load_run(path: str, overrides: list[str]):
 def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict) -> dict[str, float]:
     """Rebuild policy (from its warm start + checkpoint weights), reference and proxy RM."""
     from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
-    from agents.rewards import ModelReward
-    from rlhf.algos.rm import reward_model_dir
+    from rlhf.trainer import reward_model_ensemble
 
     policy_dir = Path(state["policy_dir"])
     tokenizer = load_tokenizer(checkpoint / "hf")
@@ -123,8 +122,8 @@ def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict) -> dict[str, floa
         policy = apply_lora(policy, cfg.model.lora)
     policy.load_state_dict(torch.load(checkpoint / "policy.pt", weights_only=True))
     reward_model = None
-    if cfg.reward.name == "rm":
-        reward_model = ModelReward(reward_model_dir(cfg, policy_dir, log.info), bool(cfg.reward.normalize))
+    if cfg.reward.name in ("rm", "ensemble"):
+        reward_model = reward_model_ensemble(cfg, policy_dir)
     return evaluate_policy(cfg, policy, ref, tokenizer, reward_model)
 
 

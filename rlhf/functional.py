@@ -188,3 +188,64 @@ def clipped_surrogate(signal: torch.Tensor, value: torch.Tensor, old_value: torc
     gradient is zero. P3O uses it on sequence log-probs (separate) and their difference (joint)."""
     clipped = torch.maximum(torch.minimum(value, old_value + clip), old_value - clip)
     return torch.maximum(-signal * value, -signal * clipped)
+
+
+# ---------------------------------------------------------------------------------------
+# reward-model ensembles and best-of-n (Coste et al. 2024, spec algorithms-b.md §3)
+
+ENSEMBLE_OBJECTIVES = ("mean", "wco", "uwo")
+
+
+def ensemble_objective(member_scores: torch.Tensor, objective: str, uwo_lambda: float = 0.5) -> torch.Tensor:
+    """Combine [k, B] member scores into one reward per sample.
+
+    mean: average over members;  wco (worst-case): minimum over members;
+    uwo (uncertainty-weighted): mean - lambda * variance over members (population variance)."""
+    k = member_scores.shape[0]
+    if objective not in ENSEMBLE_OBJECTIVES:
+        raise ValueError(f"ensemble objective '{objective}' unknown; valid choices: {', '.join(ENSEMBLE_OBJECTIVES)}")
+    if objective in ("wco", "uwo") and k < 2:
+        raise ValueError(f"objective '{objective}' needs an ensemble of at least 2 members, got {k}")
+    if objective == "mean":
+        return member_scores.mean(0)
+    if objective == "wco":
+        return member_scores.min(0).values
+    return member_scores.mean(0) - uwo_lambda * member_scores.var(0, unbiased=False)
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL(best-of-n policy || base policy) = log n - (n - 1) / n (Stiennon et al.)."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_expectation(selection: "np.ndarray", values: "np.ndarray", ns: list[int]) -> list[float]:
+    """Unbiased estimate, from N samples, of E[value of the sample that ranks best by
+    `selection` among n drawn without replacement], for each n <= N.
+
+    Sort samples by selection score (ties broken by sample index, so a record's value always
+    travels with its own score). The i-th smallest (1-based) is the best of a random n-subset
+    with probability C(i-1, n-1) / C(N, n); those weights are computed in log space."""
+    import numpy as np
+
+    selection, values = np.asarray(selection, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    n_total = len(selection)
+    order = np.lexsort((np.arange(n_total), selection))  # by score, then by index
+    ranked = values[order]
+    i = np.arange(1, n_total + 1)
+    out = []
+    for n in ns:
+        if not 1 <= n <= n_total:
+            raise ValueError(f"best-of-n needs 1 <= n <= N={n_total}, got n={n}")
+        log_w = np.full(n_total, -np.inf)
+        valid = i >= n
+        log_w[valid] = (_log_comb(i[valid] - 1, n - 1) - _log_comb(n_total, n))
+        out.append(float(np.sum(np.exp(log_w) * ranked)))
+    return out
+
+
+def _log_comb(n, k):
+    import numpy as np
+
+    n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
+    lgamma = np.vectorize(math.lgamma)
+    return lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1)

@@ -21,12 +21,12 @@ import torch
 from omegaconf import OmegaConf
 
 from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
-from agents.rewards import GoldReward, ModelReward
+from agents.rewards import GoldReward, RewardModelEnsemble
 from agents.warmstart import warm_start_policy
 from envs import base as env_base
 from rlhf import checkpoint as ckpt
 from rlhf.algos import RL_ALGOS
-from rlhf.algos.rm import env_kwargs, reward_model_dir
+from rlhf.algos.rm import env_kwargs, reward_model_dirs
 from rlhf.evaluate import evaluate_policy, save_eval
 from rlhf.functional import masked_mean
 from rlhf.logger import Logger
@@ -51,11 +51,17 @@ def sampling_params(rollout_cfg, temperature: float | None = None) -> SamplingPa
 
 
 def build_reward_source(cfg, policy_dir: Path):
-    """(reward source, reward model or None) for the `reward` config group."""
+    """(reward source, a reward model or None) for the `reward` config group."""
     if cfg.reward.name == "gold":
         return GoldReward(str(cfg.reward.component)), None
-    source = ModelReward(reward_model_dir(cfg, policy_dir, log.info), bool(cfg.reward.normalize))
+    source = reward_model_ensemble(cfg, policy_dir)
     return source, source.model
+
+
+def reward_model_ensemble(cfg, policy_dir: Path) -> RewardModelEnsemble:
+    r = cfg.reward
+    return RewardModelEnsemble(reward_model_dirs(cfg, policy_dir, log.info), bool(r.normalize), str(r.objective),
+                               float(r.uwo_lambda), str(r.member_pass))
 
 
 def rng_state() -> dict:
@@ -178,7 +184,7 @@ class Trainer:
             logger.writer.add_scalar(f"eval/{key}", value, self.step)
 
     def evaluate(self) -> dict[str, float]:
-        reward_model = self.reward if isinstance(self.reward, ModelReward) else None
+        reward_model = self.reward if isinstance(self.reward, RewardModelEnsemble) else None
         return evaluate_policy(self.cfg, self.policy, self.ref, self.tokenizer, reward_model)
 
     # --- checkpoints -----------------------------------------------------------------------

@@ -21,6 +21,7 @@ RL_ENV_KINDS = ("text",)
 # name -> (module, env kinds it runs on)
 STANDALONE_ALGOS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rm": ("rlhf.algos.rm", ("text",)),
+    "bon": ("rlhf.algos.bon", ("text",)),
 }
 
 

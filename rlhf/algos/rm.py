@@ -1,10 +1,13 @@
-"""`algo=rm`: a proxy reward model trained with the Bradley-Terry loss (spec §3.2, after
+"""`algo=rm`: proxy reward models trained with the Bradley-Terry loss (spec §3.2, after
 Gao et al.): pairs of responses sampled from the SFT policy for the same prompt, labelled
 by the environment's gold scorer (label flipped with probability env.label_noise), and
 a transformer + scalar head fitted to -log sigma(r_chosen - r_rejected).
 
-Reward models are cached like the SFT warm start: `reward_model_dir` builds one only when
-no model with the same settings, data and code exists.
+The preference data depends on `reward.data_seed` only; each reward model (an ensemble
+member) on `reward.seed` + its index (head init and data order). So the k members of an
+ensemble (reward=ensemble, Coste et al.) see the same, equally noisy labels, and the single
+RM of `reward=rm reward.seed=s` is member 0 of the ensemble that starts at seed s. Data and
+models are cached like the SFT warm start.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModel
 
 from agents.models import ValueModel, load_lm, load_tokenizer
 from agents.warmstart import pad_right
@@ -114,61 +118,81 @@ def validation_metrics(model: ValueModel, pairs: list[dict], pad_id: int) -> dic
     return {"rm/val_accuracy": accuracy, "rm/val_gold_corr": corr}
 
 
-def reward_model_spec(cfg, policy_dir: Path) -> dict:
-    return {"reward": {k: v for k, v in cfg.reward.items() if k != "name"},
-            "env": {"name": cfg.env.name, "preference_pairs": cfg.env.preference_pairs,
+def preference_data(cfg, policy_dir: Path, log=print) -> dict:
+    """Train/validation pairs with their (noisy) labels, shared by every ensemble member."""
+    spec = {"env": {"name": cfg.env.name, "preference_pairs": cfg.env.preference_pairs,
                     "label_noise": cfg.env.label_noise, "eval_fraction": cfg.env.eval_fraction},
+            "data_seed": int(cfg.reward.data_seed), "validation_fraction": cfg.reward.validation_fraction,
             "policy": str(Path(policy_dir).resolve()),
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
-            "sources": source_digest(["rlhf.algos.rm", "agents.models", "envs.text",
-                                      "rlhf.rollout.engine", "rlhf.rollout.runner"])}
-
-
-def reward_model_dir(cfg, policy_dir: Path, log=print) -> Path:
-    """Directory of the proxy reward model for these settings (built and cached if needed)."""
+            "sources": source_digest(["rlhf.algos.rm", "envs.text", "rlhf.rollout.engine", "rlhf.rollout.runner"])}
 
     def build(out: Path) -> None:
-        seed = int(cfg.reward.seed)
+        seed = int(cfg.reward.data_seed)
         pairs = sample_preference_pairs(cfg, policy_dir, seed, log)
         rng = random.Random(seed)
         rng.shuffle(pairs)
         n_val = max(1, int(len(pairs) * float(cfg.reward.validation_fraction)))
-        val, train = pairs[:n_val], pairs[n_val:]
-        labelled = label_pairs(train, float(cfg.env.label_noise), rng)
+        val, train_pairs = pairs[:n_val], pairs[n_val:]
+        labelled = label_pairs(train_pairs, float(cfg.env.label_noise), rng)
+        (out / "data.json").write_text(json.dumps({"train": labelled, "validation": val,
+                                                   "train_pairs": train_pairs}))
+
+    return json.loads((cached(cfg.cache_dir, "prefs", spec, build, log) / "data.json").read_text())
+
+
+def reward_model_dir(cfg, policy_dir: Path, log=print, seed: int | None = None) -> Path:
+    """Directory of the reward model trained with `seed` (default reward.seed) on the shared
+    preference data (built and cached if needed)."""
+    seed = int(cfg.reward.seed) if seed is None else int(seed)
+    training = {k: cfg.reward[k] for k in ("init", "epochs", "batch_size", "lr", "data_seed", "validation_fraction")}
+    spec = {"training": training, "seed": seed, "policy": str(Path(policy_dir).resolve()),
+            "env": {"preference_pairs": cfg.env.preference_pairs, "label_noise": cfg.env.label_noise},
+            "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
+            "sources": source_digest(["rlhf.algos.rm", "agents.models", "envs.text",
+                                      "rlhf.rollout.engine", "rlhf.rollout.runner"])}
+
+    def build(out: Path) -> None:
+        data = preference_data(cfg, policy_dir, log)
         torch.manual_seed(seed)
         tokenizer = load_tokenizer(policy_dir)
-        if cfg.reward.init == "policy":
-            model = ValueModel.from_lm(load_lm(policy_dir))
-        else:
-            from transformers import AutoModel
-            lm_config = load_lm(policy_dir).config
-            model = ValueModel(AutoModel.from_config(lm_config))
-        train_bradley_terry(model, labelled, cfg.reward, tokenizer.pad_token_id, seed, log)
-        metrics = validation_metrics(model, val, tokenizer.pad_token_id)
-        train_scores = score_sequences(model, [ids for p in train for ids in p["ids"]], tokenizer.pad_token_id)
-        metrics.update({"rm/train_pairs": len(train), "rm/score_mean": float(train_scores.mean()),
+        lm = load_lm(policy_dir)
+        model = ValueModel.from_lm(lm) if cfg.reward.init == "policy" else ValueModel(AutoModel.from_config(lm.config))
+        train_bradley_terry(model, data["train"], cfg.reward, tokenizer.pad_token_id, seed, log)
+        metrics = validation_metrics(model, data["validation"], tokenizer.pad_token_id)
+        train_scores = score_sequences(model, [ids for p in data["train_pairs"] for ids in p["ids"]],
+                                       tokenizer.pad_token_id)
+        metrics.update({"rm/train_pairs": len(data["train"]), "rm/score_mean": float(train_scores.mean()),
                         "rm/score_std": float(train_scores.std())})
-        log("[rm] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        log(f"[rm] seed {seed}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         model.save(out)
         tokenizer.save_pretrained(str(out))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    return cached(cfg.cache_dir, "rm", reward_model_spec(cfg, policy_dir), build, log)
+    return cached(cfg.cache_dir, "rm", spec, build, log)
+
+
+def reward_model_dirs(cfg, policy_dir: Path, log=print) -> list[Path]:
+    """The reward.members models of an ensemble: seeds reward.seed, reward.seed + 1, ..."""
+    return [reward_model_dir(cfg, policy_dir, log, int(cfg.reward.seed) + i) for i in range(int(cfg.reward.members))]
 
 
 def train(cfg, run_dir: Path) -> dict:
-    """`python -m rlhf.train algo=rm`: build (or reuse) the reward model of these settings and
-    log its validation metrics into the run directory."""
+    """`python -m rlhf.train algo=rm [reward=ensemble]`: build (or reuse) the reward model(s)
+    of these settings and log their validation metrics into the run directory."""
     from torch.utils.tensorboard import SummaryWriter
 
     from agents.warmstart import warm_start_policy
 
     env = env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg))
-    path = reward_model_dir(cfg, warm_start_policy(cfg, env, log.info), log.info)
-    metrics = json.loads((path / "metrics.json").read_text())
+    paths = reward_model_dirs(cfg, warm_start_policy(cfg, env, log.info), log.info)
+    per_member = [json.loads((p / "metrics.json").read_text()) for p in paths]
+    metrics = {k: float(np.mean([m[k] for m in per_member])) for k in per_member[0]}
     with SummaryWriter(str(run_dir)) as writer:
-        for key, value in metrics.items():
-            writer.add_scalar(key, value, 0)
-    (run_dir / "reward_model.txt").write_text(f"{path}\n")
-    log.info(f"[rm] reward model at {path}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        for i, member in enumerate(per_member):
+            for key, value in member.items():
+                writer.add_scalar(key, value, i)  # step = member index
+    (run_dir / "reward_models.txt").write_text("".join(f"{p}\n" for p in paths))
+    log.info(f"[rm] {len(paths)} reward model(s), mean over members: "
+             + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics
