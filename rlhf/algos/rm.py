@@ -120,8 +120,7 @@ def validation_metrics(model: ValueModel, pairs: list[dict], pad_id: int) -> dic
 
 def preference_data(cfg, policy_dir: Path, log=print) -> dict:
     """Train/validation pairs with their (noisy) labels, shared by every ensemble member."""
-    spec = {"env": {"name": cfg.env.name, "preference_pairs": cfg.env.preference_pairs,
-                    "label_noise": cfg.env.label_noise, "eval_fraction": cfg.env.eval_fraction},
+    spec = {"env": {"name": cfg.env.name, **env_kwargs(cfg)},  # every env setting can change labels
             "data_seed": int(cfg.reward.data_seed), "validation_fraction": cfg.reward.validation_fraction,
             "policy": str(Path(policy_dir).resolve()),
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
@@ -147,7 +146,7 @@ def reward_model_dir(cfg, policy_dir: Path, log=print, seed: int | None = None) 
     seed = int(cfg.reward.seed) if seed is None else int(seed)
     training = {k: cfg.reward[k] for k in ("init", "epochs", "batch_size", "lr", "data_seed", "validation_fraction")}
     spec = {"training": training, "seed": seed, "policy": str(Path(policy_dir).resolve()),
-            "env": {"preference_pairs": cfg.env.preference_pairs, "label_noise": cfg.env.label_noise},
+            "env": {"name": cfg.env.name, **env_kwargs(cfg)},
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
             "sources": source_digest(["rlhf.algos.rm", "agents.models", "envs.text",
                                       "rlhf.rollout.engine", "rlhf.rollout.runner"])}

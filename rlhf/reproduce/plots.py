@@ -29,8 +29,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def metric_vs_step(curves: dict[str, list[Curve]], ylabel: str, path: Path, title: str = "") -> Path:
-    """One line per run, colored by arm; the arm's mean over runs (same steps) in bold."""
+def metric_vs_step(curves: dict[str, list[Curve]], ylabel: str, path: Path, title: str = "",
+                   xlabel: str = "step") -> Path:
+    """One line per run, colored by arm; the arm's mean over runs (same x values) in bold.
+    x is the training step by default, or any other per-point quantity (e.g. KL)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = _colors(list(curves))
     for arm, runs in sorted(curves.items()):
@@ -41,7 +43,7 @@ def metric_vs_step(curves: dict[str, list[Curve]], ylabel: str, path: Path, titl
         if common:
             mean = [np.mean([dict(c)[x] for c in runs]) for x in common]
             ax.plot(common, mean, color=colors[arm], linewidth=2.2, label=f"{arm} (mean of {len(runs)})")
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
