@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -218,15 +219,13 @@ def best_of_n_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-def best_of_n_expectation(selection: "np.ndarray", values: "np.ndarray", ns: list[int]) -> list[float]:
+def best_of_n_expectation(selection: np.ndarray, values: np.ndarray, ns: list[int]) -> list[float]:
     """Unbiased estimate, from N samples, of E[value of the sample that ranks best by
     `selection` among n drawn without replacement], for each n <= N.
 
     Sort samples by selection score (ties broken by sample index, so a record's value always
     travels with its own score). The i-th smallest (1-based) is the best of a random n-subset
     with probability C(i-1, n-1) / C(N, n); those weights are computed in log space."""
-    import numpy as np
-
     selection, values = np.asarray(selection, dtype=np.float64), np.asarray(values, dtype=np.float64)
     n_total = len(selection)
     order = np.lexsort((np.arange(n_total), selection))  # by score, then by index
@@ -244,8 +243,6 @@ def best_of_n_expectation(selection: "np.ndarray", values: "np.ndarray", ns: lis
 
 
 def _log_comb(n, k):
-    import numpy as np
-
     n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
     lgamma = np.vectorize(math.lgamma)
     return lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1)

@@ -28,7 +28,6 @@ from rlhf import checkpoint as ckpt
 from rlhf.algos import RL_ALGOS
 from rlhf.algos.rm import env_kwargs, reward_model_dirs
 from rlhf.evaluate import evaluate_policy, save_eval
-from rlhf.functional import masked_mean
 from rlhf.logger import Logger
 from rlhf.rollout.batch import collate
 from rlhf.rollout.engine import HFEngine, SamplingParams
@@ -41,13 +40,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def sampling_params(rollout_cfg, temperature: float | None = None) -> SamplingParams:
-    return SamplingParams(temperature=float(rollout_cfg.temperature if temperature is None else temperature),
-                          top_p=float(rollout_cfg.top_p), top_k=int(rollout_cfg.top_k),
-                          max_new_tokens=int(rollout_cfg.max_new_tokens),
-                          stop_strings=tuple(rollout_cfg.stop_strings))
 
 
 def build_reward_source(cfg, policy_dir: Path):
@@ -90,7 +82,7 @@ class Trainer:
         self.reward, reward_model = build_reward_source(cfg, self.policy_dir)
         self.algo = RL_ALGOS[cfg.algo.name](cfg, policy, self.ref, self.tokenizer, reward_model=reward_model)
         self.engine = HFEngine(policy, self.tokenizer, int(cfg.rollout.max_batch_size))
-        self.runner = EpisodeRunner(self.engine, self.tokenizer, sampling_params(cfg.rollout),
+        self.runner = EpisodeRunner(self.engine, self.tokenizer, SamplingParams.from_config(cfg.rollout),
                                     max_turns=int(cfg.env.max_turns),
                                     max_total_tokens=int(policy.config.max_position_embeddings))
         n_episodes = int(cfg.train.prompts_per_step) * self.algo.samples_per_prompt

@@ -54,3 +54,21 @@ def test_quick_p3o_frontier_writes_report_from_logs(tmp_path):
         logged = read_scalars(Path(run["run_dir"]))
         assert float(cells[5]) == pytest.approx(logged["eval/gold"][-1][1], abs=5e-4)
         assert float(cells[4]) == pytest.approx(logged["eval/kl"][-1][1], abs=5e-3)
+
+
+@pytest.mark.slow
+def test_quick_rm_ensembles_claim_reports_logged_numbers(tmp_path):
+    out = tmp_path / "ens"
+    result = reproduce("rm_ensembles_overoptimization", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED): .+ measured: noise 0.25", report)
+    for png in ("bon_gold_noise0.25.png", "bon_proxy_noise0.25.png", "ppo_gold_noise0.25.png"):
+        assert (out / png).stat().st_size > 1000
+    runs = {r["name"]: Path(r["run_dir"]) for r in json.loads((out / "results.json").read_text())["runs"]}
+    bon = read_scalars(runs["bon-noise0.25"])
+    row = next(line for line in report.splitlines() if line.startswith("| wco |"))
+    assert float(row.strip("|").split("|")[3]) == pytest.approx(bon["bon/wco/gold"][-1][1], abs=5e-4)
+    ppo = read_scalars(runs["ppo-single-noise0.25"])
+    row = next(line for line in report.splitlines() if line.startswith("| 0.25 | single |"))
+    assert float(row.strip("|").split("|")[4]) == pytest.approx(ppo["eval/gold"][-1][1], abs=5e-4)

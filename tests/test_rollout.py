@@ -119,7 +119,7 @@ class ThreeTurnEnv(TextEnv):
         self.turn += 1
         self.actions = getattr(self, "actions", []) + [action_text]
         done = self.turn == 3
-        return (None if done else f" observation: the opponent played c."), float(self.turn), done, {}
+        return (None if done else " observation: the opponent played c."), float(self.turn), done, {}
 
 
 def test_multi_turn_runner_masks_observations(lm):

@@ -29,7 +29,7 @@ from rlhf.algos.rm import env_kwargs
 from rlhf.evaluate import EVAL_SEED_OFFSET, save_eval
 from rlhf.functional import ENSEMBLE_OBJECTIVES, best_of_n_expectation, best_of_n_kl, ensemble_objective
 from rlhf.rollout.batch import collate
-from rlhf.rollout.engine import HFEngine
+from rlhf.rollout.engine import HFEngine, SamplingParams
 from rlhf.rollout.runner import EpisodeRunner
 
 log = logging.getLogger("rlhf")
@@ -37,12 +37,10 @@ log = logging.getLogger("rlhf")
 
 def sample_and_score(cfg, policy_dir: Path, ensemble) -> tuple[np.ndarray, np.ndarray]:
     """gold [P, N] and member scores [k, P, N] for N samples of each of P held-out prompts."""
-    from rlhf.trainer import sampling_params
-
     n_prompts, n_max = int(cfg.algo.prompts), int(cfg.algo.n_max)
     tokenizer, policy = load_tokenizer(policy_dir), load_lm(policy_dir).eval()
     runner = EpisodeRunner(HFEngine(policy, tokenizer, int(cfg.rollout.max_batch_size)), tokenizer,
-                           sampling_params(cfg.rollout), max_turns=int(cfg.env.max_turns))
+                           SamplingParams.from_config(cfg.rollout), max_turns=int(cfg.env.max_turns))
     torch.manual_seed(int(cfg.seed))
     gold = np.zeros((n_prompts, n_max))
     members = np.zeros((len(ensemble.members), n_prompts, n_max))

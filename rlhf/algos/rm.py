@@ -36,10 +36,7 @@ def sample_preference_pairs(cfg, policy_dir: Path, seed: int, log=print) -> list
     """Two responses per train prompt from the SFT policy, each with its gold score."""
     tokenizer, policy = load_tokenizer(policy_dir), load_lm(policy_dir)
     engine = HFEngine(policy, tokenizer, int(cfg.rollout.max_batch_size))
-    sampling = SamplingParams(temperature=float(cfg.rollout.temperature), top_p=float(cfg.rollout.top_p),
-                              top_k=int(cfg.rollout.top_k), max_new_tokens=int(cfg.rollout.max_new_tokens),
-                              stop_strings=tuple(cfg.rollout.stop_strings))
-    runner = EpisodeRunner(engine, tokenizer, sampling, max_turns=int(cfg.env.max_turns))
+    runner = EpisodeRunner(engine, tokenizer, SamplingParams.from_config(cfg.rollout), max_turns=int(cfg.env.max_turns))
     n_pairs = int(cfg.env.preference_pairs)
     torch.manual_seed(seed)
     pairs, start, chunk = [], time.time(), 256

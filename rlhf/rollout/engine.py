@@ -27,6 +27,13 @@ class SamplingParams:
     max_new_tokens: int = 32
     stop_strings: tuple[str, ...] = ()
 
+    @classmethod
+    def from_config(cls, rollout_cfg) -> "SamplingParams":
+        """From the `rollout` config group."""
+        return cls(temperature=float(rollout_cfg.temperature), top_p=float(rollout_cfg.top_p),
+                   top_k=int(rollout_cfg.top_k), max_new_tokens=int(rollout_cfg.max_new_tokens),
+                   stop_strings=tuple(rollout_cfg.stop_strings))
+
 
 @dataclass
 class Completion:
