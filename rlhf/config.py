@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import configs
 
 CONFIG_DIR = str(Path(configs.__file__).parent)
-GROUPS = ("algo", "env", "model", "reward", "rollout", "launcher")
+GROUPS = ("algo", "env", "model", "reward", "rollout", "launcher", "decoding")
 
 # key -> valid values (checked when the key exists in the composed config)
 CHOICES: dict[str, tuple] = {
@@ -30,6 +30,9 @@ CHOICES: dict[str, tuple] = {
     "reward.init": ("policy", "scratch"),
     "reward.objective": ("mean", "wco", "uwo"),
     "reward.member_pass": ("auto", "loop", "vmap"),
+    "algo.stages": ("both", "init"),
+    "algo.method": ("MPMOQLearning", "PQL", "PGMORL"),
+    "algo.weight_selection": ("random", "ols", "gpi-ls"),
 }
 POSITIVE_INTS = ("train.steps", "train.prompts_per_step", "algo.samples_per_prompt", "algo.epochs",
                  "algo.minibatches", "algo.minibatch_pairs", "rollout.max_new_tokens", "eval.prompts",

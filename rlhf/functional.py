@@ -111,23 +111,32 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1",
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+        lam: float = 0.95, next_value: torch.Tensor | None = None,
+        dones: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over the masked positions of each row.
 
     Only positions with mask 1 are steps of the trajectory; masked positions (prompt,
     observation tokens between turns, padding) are skipped, so their rewards and values
-    change nothing. The value after the last step is 0 (episodes end in the batch).
+    change nothing. By default the value after the last step is 0 (episodes end in the
+    batch). For control rollouts (each row = one env's fixed-length slice of experience):
+      next_value [rows]: V(s) of the state after the row's last step, bootstrapped unless
+          that step ended an episode;
+      dones [rows, T]: 1 where the step ended an episode; nothing flows back across it
+          (the step's own delta uses no next value).
     Returns (advantages, returns = advantages + values), both 0 where mask is 0."""
     mask = mask.bool()
     advantages = torch.zeros_like(values)
-    next_value = torch.zeros_like(values[:, 0])
+    next_v = torch.zeros_like(values[:, 0]) if next_value is None else next_value.to(values.dtype).clone()
     next_adv = torch.zeros_like(values[:, 0])
     for t in reversed(range(values.shape[1])):
         m = mask[:, t]
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        if dones is not None:
+            alive = 1.0 - dones[:, t].to(values.dtype)
+            next_v, next_adv = next_v * alive, next_adv * alive
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
         adv = delta + gamma * lam * next_adv
         next_adv = torch.where(m, adv, next_adv)
-        next_value = torch.where(m, values[:, t], next_value)
+        next_v = torch.where(m, values[:, t], next_v)
         advantages[:, t] = torch.where(m, adv, torch.zeros_like(adv))
     returns = torch.where(mask, advantages + values, torch.zeros_like(values))
     return advantages, returns
@@ -246,3 +255,26 @@ def _log_comb(n, k):
     n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
     lgamma = np.vectorize(math.lgamma)
     return lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# value-guided decoding (VAS, Han et al. 2024, spec algorithms-a.md §4.3)
+
+
+def value_guided_logits(logits: torch.Tensor, candidate_ids: torch.Tensor, candidate_values: torch.Tensor,
+                        betas: list[float], restrict_to_candidates: bool = False) -> torch.Tensor:
+    """Base log-probs plus sum_i beta_i * (v_i(a) - mean_K v_i) on the candidate tokens K.
+
+    logits [B, V]; candidate_ids [B, K] (the base top-k); candidate_values [M, B, K] = V_i(s.a)
+    for M value models. Tokens outside K keep their base log-prob (or get -inf when
+    restrict_to_candidates). All betas 0 gives back the base distribution exactly."""
+    out = torch.log_softmax(logits.float(), dim=-1)
+    centered = candidate_values - candidate_values.mean(-1, keepdim=True)
+    bonus = torch.zeros_like(centered[0])
+    for i, beta in enumerate(betas):
+        bonus = bonus + beta * centered[i]
+    if restrict_to_candidates:
+        kept = torch.full_like(out, float("-inf"))
+        kept.scatter_(1, candidate_ids, out.gather(1, candidate_ids))
+        out = kept
+    return out.scatter_add(1, candidate_ids, bonus.to(out.dtype))

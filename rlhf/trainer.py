@@ -31,6 +31,7 @@ from rlhf.evaluate import evaluate_policy, save_eval
 from rlhf.logger import Logger
 from rlhf.rollout.batch import collate
 from rlhf.rollout.engine import HFEngine, SamplingParams
+from rlhf.rollout.guidance import decoding_processors
 from rlhf.rollout.runner import EpisodeRunner
 
 log = logging.getLogger("rlhf")
@@ -177,7 +178,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         reward_model = self.reward if isinstance(self.reward, RewardModelEnsemble) else None
-        return evaluate_policy(self.cfg, self.policy, self.ref, self.tokenizer, reward_model)
+        processors = self.algo.eval_processors() or decoding_processors(self.cfg.decoding)
+        return evaluate_policy(self.cfg, self.policy, self.ref, self.tokenizer, reward_model, processors)
 
     # --- checkpoints -----------------------------------------------------------------------
     def save(self) -> Path:
@@ -192,6 +194,7 @@ class Trainer:
     def write_hf_copy(self, checkpoint_dir: Path) -> None:
         self.policy.save_pretrained(str(checkpoint_dir / "hf"))
         self.tokenizer.save_pretrained(str(checkpoint_dir / "hf"))
+        self.algo.write_extra(checkpoint_dir)
 
     def restore(self, path: Path) -> None:
         state, module_states = ckpt.load_checkpoint(path)

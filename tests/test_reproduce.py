@@ -72,3 +72,21 @@ def test_quick_rm_ensembles_claim_reports_logged_numbers(tmp_path):
     ppo = read_scalars(runs["ppo-single-noise0.25"])
     row = next(line for line in report.splitlines() if line.startswith("| 0.25 | single |"))
     assert float(row.strip("|").split("|")[4]) == pytest.approx(ppo["eval/gold"][-1][1], abs=5e-4)
+
+
+@pytest.mark.slow
+def test_quick_vas_claim_reports_logged_numbers(tmp_path):
+    out = tmp_path / "vas"
+    result = reproduce("vas_steering", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED): .+ measured: Spearman\(beta, gold\)", report)
+    for png in ("gold_vs_beta.png", "kl_vs_beta.png", "composition.png"):
+        assert (out / png).stat().st_size > 1000
+    runs = {r["name"]: Path(r["run_dir"]) for r in json.loads((out / "results.json").read_text())["runs"]}
+    for beta in ("0.0", "4.0"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {beta} |"))
+        logged = read_scalars(runs[f"beta{beta}"])
+        assert float(row.strip("|").split("|")[1]) == pytest.approx(logged["eval/gold"][-1][1], abs=5e-4)
+    # beta = 0 decodes the base policy exactly: the guided and plain KL to the base is ~0
+    assert abs(read_scalars(runs["beta0.0"])["eval/kl"][-1][1]) < 0.05

@@ -14,6 +14,8 @@ quality term in [0, 1] that such text fails:
 
 "Known" means produced by the corpus grammar (bigrams within a sentence) (envs.text.corpus.fluency_tables).
 Every component is returned by name, so later algorithms can optimize or constrain them.
+`brevity` = max(0, 1 - words / 30) is not part of gold: it is a second, competing reward
+(short reviews carry fewer sentiment words) for experiments that combine rewards.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from envs.text.corpus import fluency_tables, sentences, words
 
-COMPONENTS = ("gold", "sentiment", "quality", "fluency", "repetition", "length")
+COMPONENTS = ("gold", "sentiment", "quality", "fluency", "repetition", "length", "brevity")
 _ALLOWED_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz' .,:")
 _analyzer: SentimentIntensityAnalyzer | None = None
 
@@ -49,4 +51,5 @@ def gold_components(response: str) -> dict[str, float]:
     quality = fluency * repetition * length
     sentiment = _vader().polarity_scores(text)["compound"]
     return {"gold": quality * (1.0 + sentiment) / 2.0, "sentiment": sentiment, "quality": quality,
-            "fluency": fluency, "repetition": repetition, "length": length}
+            "fluency": fluency, "repetition": repetition, "length": length,
+            "brevity": max(0.0, 1.0 - len(ws) / 30)}

@@ -15,13 +15,16 @@ from types import ModuleType
 from rlhf.algos.base import Algorithm
 from rlhf.algos.p3o import P3O
 from rlhf.algos.ppo import PPO
+from rlhf.algos.vas import VAS
 
-RL_ALGOS: dict[str, type[Algorithm]] = {"ppo": PPO, "p3o": P3O}
+RL_ALGOS: dict[str, type[Algorithm]] = {"ppo": PPO, "p3o": P3O, "vas": VAS}
 RL_ENV_KINDS = ("text",)
 # name -> (module, env kinds it runs on)
 STANDALONE_ALGOS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rm": ("rlhf.algos.rm", ("text",)),
     "bon": ("rlhf.algos.bon", ("text",)),
+    "cmorl": ("rlhf.algos.cmorl", ("control",)),
+    "morl_baselines": ("rlhf.algos.morl_baselines", ("control",)),
 }
 
 

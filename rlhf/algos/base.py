@@ -48,6 +48,13 @@ class Algorithm:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def write_extra(self, checkpoint_dir) -> None:
+        """Add files to a checkpoint being written (e.g. a value model in HF layout)."""
+
+    def eval_processors(self) -> list:
+        """Logits processors for held-out evaluation (a decoding mode the algorithm implies)."""
+        return []
+
     # --- helpers -------------------------------------------------------------------------
     def logprobs(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-token log-probs at the rollout temperature, logits); grads flow if enabled."""

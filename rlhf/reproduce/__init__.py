@@ -26,11 +26,14 @@ log = logging.getLogger("rlhf")
 
 @dataclass
 class RunSpec:
-    """One training run of a sweep: a name, its arm (what is compared), and overrides."""
+    """One run of a sweep: a name, its arm (what is compared), and overrides. A training run
+    by default; with `evaluate` set, an evaluation (python -m rlhf.evaluate) of that earlier
+    run's checkpoint, with these overrides, written into its own run directory."""
     name: str
     arm: str
     overrides: list[str]
     params: dict[str, Any] = field(default_factory=dict)  # e.g. {"kl_coef": 0.1, "seed": 1}
+    evaluate: str | None = None  # name of the run (earlier in the sweep) to evaluate
 
 
 @dataclass
@@ -97,8 +100,14 @@ def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
     if done.exists() and any(done.glob("step_*.json")):
         log.info(f"[reproduce] reusing finished run {run_dir}")
     else:
-        cfg = compose(spec.overrides)
-        run(cfg, run_dir)
+        # "{runs}" in an override stands for this sweep's runs directory (e.g. a value model path)
+        overrides = [o.replace("{runs}", str(runs_dir.resolve())) for o in spec.overrides]
+        if spec.evaluate:
+            from rlhf.evaluate import main as evaluate
+
+            evaluate([f"run={runs_dir / spec.evaluate}", f"out={run_dir}", *overrides])
+        else:
+            run(compose(overrides), run_dir)
     return RunResult(spec, run_dir, read_scalars(run_dir), time.time() - start)
 
 

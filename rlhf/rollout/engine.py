@@ -125,6 +125,9 @@ class HFEngine(Engine):
         for i, p in enumerate(prompts):  # left padding
             input_ids[i, width - len(p):] = torch.tensor(p)
             attention_mask[i, width - len(p):] = 1
+        for processor in self.extra_processors:  # e.g. value guidance needs the prompt padding
+            if hasattr(processor, "begin"):
+                processor.begin(attention_mask)
         recorder = _RecordLogprobs()
         greedy = sampling.temperature == 0
         processors = LogitsProcessorList(self.extra_processors + sampling_processors(sampling) + [recorder])
