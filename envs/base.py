@@ -73,4 +73,5 @@ def make(name: str, **kwargs) -> TextEnv:
 
 def _import_builtin_envs() -> None:
     # Importing the modules runs their @register decorators.
+    import envs.games  # noqa: F401
     import envs.text  # noqa: F401
