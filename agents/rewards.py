@@ -8,6 +8,9 @@ turn's last generated token (`[B, L]`, zeros elsewhere), plus metrics to log.
   episode's token ids, each normalized so that SFT samples have mean 0 and std 1
   (reward.normalize), combined by reward.objective (mean | wco | uwo, Coste et al.). A
   single RM is the ensemble with one member.
+* `composite`: named component scorers of the text (envs.composite, Moskovitz et al.),
+  summed with fixed weights, or, for algorithms that constrain each component
+  (`vector_reward = True`), returned one column per component (`[B, L, N]`).
 """
 from __future__ import annotations
 
@@ -40,6 +43,33 @@ class GoldReward:
             for end, r in zip(ep.turn_ends, ep.rewards):
                 rewards[i, end] = r[self.component] if isinstance(r, dict) else float(r)
         return rewards, {}
+
+
+class CompositeReward:
+    """Component scores of the whole response (every turn's text joined), on the last turn.
+
+    Metrics: each component, the text's quality and the hidden evaluation score of the
+    rollout's samples, under `composite/` (what rlhf.proxy_points reads back)."""
+
+    def __init__(self, reward_cfg, vector: bool = False):
+        from envs.composite import COMPONENTS, CompositeScorer
+
+        self.scorer = CompositeScorer.from_config(reward_cfg)
+        self.names = COMPONENTS
+        self.weights = torch.tensor([float(w) for w in reward_cfg.weights], dtype=torch.float32)
+        if len(self.weights) != len(self.names):
+            raise ValueError(f"reward.weights needs one weight per component {list(self.names)}, "
+                             f"got {list(reward_cfg.weights)}")
+        self.vector = vector
+
+    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        scored = [self.scorer.score("".join(ep.action_texts)) for ep in episodes]
+        table = torch.tensor([[s[name] for name in self.names] for s in scored], dtype=torch.float32)  # [B, N]
+        metrics = {f"composite/{key}": float(sum(s[key] for s in scored) / len(scored)) for key in scored[0]}
+        if not self.vector:
+            return place_on_last_turn(episodes, batch, table @ self.weights), metrics
+        columns = [place_on_last_turn(episodes, batch, table[:, i]) for i in range(len(self.names))]
+        return torch.stack(columns, dim=-1), metrics
 
 
 class RewardModelEnsemble:

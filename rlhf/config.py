@@ -33,6 +33,10 @@ CHOICES: dict[str, tuple] = {
     "algo.stages": ("both", "init"),
     "algo.method": ("MPMOQLearning", "PQL", "PGMORL"),
     "algo.weight_selection": ("random", "ols", "gpi-ls"),
+    "env.payoff_format": ("compact", "sentences"),
+    "env.reward_timing": ("round", "end"),
+    "algo.form": ("mu", "xi", "all"),
+    "algo.threshold_search": ("none", "nelder_mead"),
 }
 POSITIVE_INTS = ("train.steps", "train.prompts_per_step", "algo.samples_per_prompt", "algo.epochs",
                  "algo.minibatches", "algo.minibatch_pairs", "rollout.max_new_tokens", "eval.prompts",
@@ -123,6 +127,11 @@ def _check_combinations(cfg: DictConfig) -> None:
     if cfg.algo.name in ("rm", "bon") and cfg.reward.name not in ("rm", "ensemble"):
         raise ConfigError(f"algo={cfg.algo.name} needs proxy reward models; got reward={cfg.reward.name} "
                           f"(valid choices for algo={cfg.algo.name}: reward=rm, reward=ensemble)")
+    if cfg.env.name == "games" and cfg.reward.name != "gold":
+        raise ConfigError(f"env=games is scored by its own payoffs: use reward=gold (got reward={cfg.reward.name})")
+    if cfg.env.name == "games" and int(cfg.env.max_turns) != int(cfg.env.rounds):
+        raise ConfigError(f"env=games plays one round per turn: env.max_turns ({cfg.env.max_turns}) must equal "
+                          f"env.rounds ({cfg.env.rounds})")
     objective = cfg.reward.get("objective")
     if objective in ("wco", "uwo") and int(cfg.reward.members) < 2:
         raise ConfigError(f"reward.objective={objective} combines an ensemble: reward.members must be >= 2, "
@@ -132,6 +141,12 @@ def _check_combinations(cfg: DictConfig) -> None:
                           "valid choices here: algo.critic_init=auto or policy")
     if cfg.algo.name == "ppo" and not 0.0 <= float(cfg.algo.gamma) <= 1.0:
         raise ConfigError(f"algo.gamma={cfg.algo.gamma} must lie in [0, 1]")
+    if cfg.algo.name == "constrained_ppo" and cfg.reward.name != "composite":
+        raise ConfigError(f"algo=constrained_ppo constrains the components of a composite reward; got "
+                          f"reward={cfg.reward.name} (valid choice: reward=composite)")
+    if cfg.algo.name == "constrained_ppo" and cfg.algo.thresholds is None and cfg.algo.threshold_search == "none":
+        raise ConfigError("algo=constrained_ppo needs algo.thresholds (a list, one per component, or the file of "
+                          "`python -m rlhf.proxy_points`), or algo.threshold_search=nelder_mead")
     if cfg.device == "cuda":
         import torch
         if not torch.cuda.is_available():

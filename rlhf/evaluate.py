@@ -86,6 +86,12 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(
         metrics[component] = float(np.mean([ep.env_reward(component) for ep in episodes]))
     if reward_model is not None:
         metrics["proxy"] = float(reward_model.score(batch.input_ids, batch.attention_mask).mean())
+    if cfg.reward.name == "composite":  # the components and the hidden evaluation score (envs.composite)
+        from envs.composite import CompositeScorer
+
+        scorer = CompositeScorer.from_config(cfg.reward)
+        scored = [scorer.score(text) for text in texts]
+        metrics.update({f"composite/{key}": float(np.mean([s[key] for s in scored])) for key in scored[0]})
     return metrics
 
 
@@ -169,7 +175,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "eval_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     module = standalone_module(str(cfg.algo.name))
-    if module is None:
+    if module is None and cfg.env.name == "games":  # behavioural evaluation (rlhf.games_eval)
+        from rlhf.games_eval import evaluate_checkpoint
+
+        metrics = evaluate_checkpoint(cfg, checkpoint, state, run_dir)
+    elif module is None:
         metrics = evaluate_lm_checkpoint(cfg, checkpoint, state)
     elif hasattr(module, "evaluate"):
         metrics = module.evaluate(cfg, checkpoint, run_dir)

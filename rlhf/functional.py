@@ -278,3 +278,47 @@ def value_guided_logits(logits: torch.Tensor, candidate_ids: torch.Tensor, candi
         kept.scatter_(1, candidate_ids, out.gather(1, candidate_ids))
         out = kept
     return out.scatter_add(1, candidate_ids, bonus.to(out.dtype))
+
+
+# ---------------------------------------------------------------------------------------
+# Lagrangian mixing of constrained RLHF (Moskovitz et al. 2024, spec algorithms-b.md §2.4)
+
+CONSTRAINT_FORMS = ("mu", "xi", "all")  # v_i >= theta_i | v_i = theta_i | v_i <= theta_i (with v_i in the task)
+
+
+def squash_multipliers(raw: torch.Tensor, form: str) -> torch.Tensor:
+    """Multipliers from their raw parameters: sigmoid (inequality: mu, all) in (0, 1),
+    tanh (equality: xi) in (-1, 1)."""
+    if form not in CONSTRAINT_FORMS:
+        raise ValueError(f"constraint form '{form}' unknown; valid choices: {', '.join(CONSTRAINT_FORMS)}")
+    return torch.tanh(raw) if form == "xi" else torch.sigmoid(raw)
+
+
+def mixed_advantage(task_adv: torch.Tensor, constraint_adv: torch.Tensor, multipliers: torch.Tensor,
+                    form: str) -> torch.Tensor:
+    """The policy's advantage from the task's (KL) advantage A_0 [...] and the constraints'
+    A_i [..., N] under squashed multipliers w [N]:
+      mu, xi:  (N - sum_i w_i) A_0 + sum_i w_i A_i       (weights sum to N)
+      all:     A_0 + sum_i (1 - w_i) A_i                 (task = KL + every component)"""
+    w = multipliers.to(constraint_adv.dtype)
+    if form == "all":
+        return task_adv + (constraint_adv * (1.0 - w)).sum(-1)
+    return (len(w) - w.sum()) * task_adv + (constraint_adv * w).sum(-1)
+
+
+def constraint_violation(values: torch.Tensor, thresholds: torch.Tensor, form: str,
+                         tolerance: float = 0.0) -> torch.Tensor:
+    """Signed distance of each constrained return from its threshold, v_i - theta_i, with
+    a dead band |v_i - theta_i| <= tolerance * |theta_i| counted as 0 (equality constraints
+    oscillate without one; spec §2.8)."""
+    gap = values - thresholds
+    band = tolerance * thresholds.abs()
+    return torch.sign(gap) * (gap.abs() - band).clamp(min=0.0)
+
+
+def lagrange_loss(multipliers: torch.Tensor, violation: torch.Tensor, form: str) -> torch.Tensor:
+    """Loss whose gradient descent moves the multipliers (violation held constant):
+      mu, xi:  sum_i w_i (v_i - theta_i)   -> w_i rises while v_i < theta_i
+      all:    -sum_i w_i (v_i - theta_i)   -> w_i rises while v_i > theta_i (upper bounds)"""
+    sign = -1.0 if form == "all" else 1.0
+    return sign * (multipliers * violation.detach()).sum()

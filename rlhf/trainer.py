@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
-from agents.rewards import GoldReward, RewardModelEnsemble
+from agents.rewards import CompositeReward, GoldReward, RewardModelEnsemble
 from agents.warmstart import warm_start_policy
 from envs import base as env_base
 from rlhf import checkpoint as ckpt
@@ -43,10 +43,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_reward_source(cfg, policy_dir: Path):
-    """(reward source, a reward model or None) for the `reward` config group."""
+def build_reward_source(cfg, policy_dir: Path, vector: bool = False):
+    """(reward source, a reward model or None) for the `reward` config group; `vector`:
+    the algorithm wants one reward column per component (composite reward only)."""
     if cfg.reward.name == "gold":
         return GoldReward(str(cfg.reward.component)), None
+    if cfg.reward.name == "composite":
+        return CompositeReward(cfg.reward, vector=vector), None
     source = reward_model_ensemble(cfg, policy_dir)
     return source, source.model
 
@@ -80,8 +83,9 @@ class Trainer:
         if int(cfg.model.lora.rank) > 0:
             policy = apply_lora(policy, cfg.model.lora)
         self.policy = policy
-        self.reward, reward_model = build_reward_source(cfg, self.policy_dir)
-        self.algo = RL_ALGOS[cfg.algo.name](cfg, policy, self.ref, self.tokenizer, reward_model=reward_model)
+        algo_cls = RL_ALGOS[cfg.algo.name]
+        self.reward, reward_model = build_reward_source(cfg, self.policy_dir, getattr(algo_cls, "vector_reward", False))
+        self.algo = algo_cls(cfg, policy, self.ref, self.tokenizer, reward_model=reward_model)
         self.engine = HFEngine(policy, self.tokenizer, int(cfg.rollout.max_batch_size))
         self.runner = EpisodeRunner(self.engine, self.tokenizer, SamplingParams.from_config(cfg.rollout),
                                     max_turns=int(cfg.env.max_turns),
@@ -120,7 +124,7 @@ class Trainer:
         t_sync = time.time() - t1 - t_train
         generated = int(batch.action_mask.sum())
         metrics.update({
-            "objective/scores": float(turn_rewards.sum(-1).mean()),
+            "objective/scores": float(turn_rewards.sum(1).mean()),  # per episode (and component, if [B, L, N])
             **self.env_metrics(episodes),
             "response_length/mean": float(batch.response_length.float().mean()),
             "objective/eos_rate": float(batch.finished.float().mean()),

@@ -14,8 +14,10 @@ quality term in [0, 1] that such text fails:
 
 "Known" means produced by the corpus grammar (bigrams within a sentence) (envs.text.corpus.fluency_tables).
 Every component is returned by name, so later algorithms can optimize or constrain them.
-`brevity` = max(0, 1 - words / 30) is not part of gold: it is a second, competing reward
-(short reviews carry fewer sentiment words) for experiments that combine rewards.
+`brevity` = max(0, 1 - words / 30) and `verbosity` = min(1, words / 30) are not part of
+gold: they are extra rewards for experiments that combine rewards. Measured: steering
+towards the proxy reward model shortens reviews (vas_steering: 14.3 -> 10.5 tokens), so
+`verbosity` is the one that competes with it.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from envs.text.corpus import fluency_tables, sentences, words
 
-COMPONENTS = ("gold", "sentiment", "quality", "fluency", "repetition", "length", "brevity")
+COMPONENTS = ("gold", "sentiment", "quality", "fluency", "repetition", "length", "brevity", "verbosity")
 _ALLOWED_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz' .,:")
 _analyzer: SentimentIntensityAnalyzer | None = None
 
@@ -52,4 +54,4 @@ def gold_components(response: str) -> dict[str, float]:
     sentiment = _vader().polarity_scores(text)["compound"]
     return {"gold": quality * (1.0 + sentiment) / 2.0, "sentiment": sentiment, "quality": quality,
             "fluency": fluency, "repetition": repetition, "length": length,
-            "brevity": max(0.0, 1.0 - len(ws) / 30)}
+            "brevity": max(0.0, 1.0 - len(ws) / 30), "verbosity": min(1.0, len(ws) / 30)}

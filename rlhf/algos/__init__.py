@@ -13,11 +13,12 @@ import importlib
 from types import ModuleType
 
 from rlhf.algos.base import Algorithm
+from rlhf.algos.constrained_ppo import ConstrainedPPO
 from rlhf.algos.p3o import P3O
 from rlhf.algos.ppo import PPO
 from rlhf.algos.vas import VAS
 
-RL_ALGOS: dict[str, type[Algorithm]] = {"ppo": PPO, "p3o": P3O, "vas": VAS}
+RL_ALGOS: dict[str, type[Algorithm]] = {"ppo": PPO, "p3o": P3O, "vas": VAS, "constrained_ppo": ConstrainedPPO}
 RL_ENV_KINDS = ("text",)
 # name -> (module, env kinds it runs on)
 STANDALONE_ALGOS: dict[str, tuple[str, tuple[str, ...]]] = {

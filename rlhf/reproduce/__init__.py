@@ -34,6 +34,9 @@ class RunSpec:
     overrides: list[str]
     params: dict[str, Any] = field(default_factory=dict)  # e.g. {"kl_coef": 0.1, "seed": 1}
     evaluate: str | None = None  # name of the run (earlier in the sweep) to evaluate
+    # called with the sweep's runs directory before this run starts (also when it is reused),
+    # e.g. to derive a setting from earlier runs' logs into a file this run reads
+    prepare: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -97,6 +100,8 @@ def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
     run_dir = runs_dir / spec.name
     done = run_dir / "eval"
     start = time.time()
+    if spec.prepare is not None:
+        spec.prepare(runs_dir)
     if done.exists() and any(done.glob("step_*.json")):
         log.info(f"[reproduce] reusing finished run {run_dir}")
     else:
