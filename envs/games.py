@@ -139,12 +139,12 @@ def strategy_class(name: str):
 
 
 def axelrod_seed(seed: int) -> int:
-    """The seed axl.Match(players, seed=seed) gives the second player when the first one is
-    deterministic (Match draws one seed per stochastic player, in order)."""
+    """The seed axl.Match(players, seed=seed % 2**32) gives the second player when the first one
+    is deterministic (Match draws one seed per stochastic player, in order)."""
+    import_axelrod()
     from axelrod.random_ import RandomGenerator
 
-    import_axelrod()
-    return RandomGenerator(seed=seed).random_seed_int()
+    return RandomGenerator(seed=seed % 2**32).random_seed_int()
 
 
 class AxelrodOpponent:
