@@ -13,6 +13,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing into .venv (first time: ~1-2 minutes)"
   python -m pip install -q --upgrade pip
   python -m pip install -q torch==2.13.0
-  python -m pip install -q -e ".[dev,mo]"
+  python -m pip install -q -e ".[dev,mo,games]"
   echo "$want" > "$stamp"
 fi
