@@ -17,9 +17,9 @@ accommodated, Alternator takes turns, Defector always insists.
 
 Answers: the text is stripped; if it equals an option label (case-insensitive), or its first
 word does, that option is played. Anything else is *invalid*: it is counted (info["valid"],
-reward component `invalid`), the move played is option `invalid_option` (0-based; 1 = D in
-the Prisoner's Dilemma), and `invalid_penalty` is subtracted from the optimized reward. It
-never ends or crashes the episode.
+reward component `invalid`), the move played is `invalid_move` in C/D terms (default D: defect
+in the Prisoner's Dilemma, insist on one's own favourite in the Battle of the Sexes), and
+`invalid_penalty` is subtracted from the optimized reward. It never ends or crashes the episode.
 
 Reward components (a dict per round; sums over the episode are logged as env/games/<name>):
   gold         what `reward=gold` optimizes: the round's payoff * reward_scale (reward_timing
@@ -241,7 +241,7 @@ class RepeatedGameEnv(TextEnv):
     def __init__(self, split: str = "train", games=("pd",), opponents=("TitForTat",), opponent_weights=(),
                  rounds: int = 5, labels=("J", "F"), randomize_labels: bool = False,
                  label_pool=("J", "F", "K", "Q", "X", "Y", "P", "R"), payoff_format: str = "compact",
-                 reward_timing: str = "round", reward_scale: float = 1.0, invalid_option: int = 1,
+                 reward_timing: str = "round", reward_scale: float = 1.0, invalid_move: str = "D",
                  invalid_penalty: float = 1.0, max_turns: int | None = None, opponent=None, **_: Any):
         self.split = split
         self.games = _as_list(games)
@@ -275,10 +275,10 @@ class RepeatedGameEnv(TextEnv):
             raise ValueError(f"env.payoff_format={payoff_format!r}; valid choices: compact, sentences")
         if reward_timing not in ("round", "end"):
             raise ValueError(f"env.reward_timing={reward_timing!r}; valid choices: round, end")
-        if int(invalid_option) not in (0, 1):
-            raise ValueError(f"env.invalid_option={invalid_option}; valid choices: 0, 1")
+        if invalid_move not in (C, D):
+            raise ValueError(f"env.invalid_move={invalid_move!r}; valid choices: C, D")
         self.payoff_format, self.reward_timing = payoff_format, reward_timing
-        self.reward_scale, self.invalid_option = float(reward_scale), int(invalid_option)
+        self.reward_scale, self.invalid_move = float(reward_scale), str(invalid_move)
         self.invalid_penalty = float(invalid_penalty)
         self.fixed_opponent = opponent  # an opponent object (e.g. ExternalOpponent) instead of sampling one
         self.record: GameRecord | None = None
@@ -304,7 +304,7 @@ class RepeatedGameEnv(TextEnv):
     def resolve(self, action_text: str) -> tuple[int, bool]:
         """(option played, answer was valid) under the invalid-answer rule."""
         option = parse_answer(action_text, self.record.labels)
-        return (self.invalid_option, False) if option is None else (option, True)
+        return (self.game.agent_option(self.invalid_move), False) if option is None else (option, True)
 
     def step(self, action_text: str):
         if self.record is None:

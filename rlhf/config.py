@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple] = {
     "algo.weight_selection": ("random", "ols", "gpi-ls"),
     "env.payoff_format": ("compact", "sentences"),
     "env.reward_timing": ("round", "end"),
+    "env.invalid_move": ("C", "D"),
     "algo.form": ("mu", "xi", "all"),
     "algo.threshold_search": ("none", "nelder_mead"),
 }

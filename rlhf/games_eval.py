@@ -84,7 +84,7 @@ def behaviour(records: list[GameRecord]) -> dict[str, float]:
 def env_settings(env_cfg) -> dict:
     """The env keys that shape a game's text and rules (not which games/opponents are drawn)."""
     keys = ("rounds", "labels", "randomize_labels", "label_pool", "payoff_format", "reward_timing", "reward_scale",
-            "invalid_option", "invalid_penalty")
+            "invalid_move", "invalid_penalty")
     return {k: (list(env_cfg[k]) if k in ("labels", "label_pool") else env_cfg[k]) for k in keys if k in env_cfg}
 
 
@@ -213,9 +213,9 @@ def evaluate_games(cfg, policies: dict, tokenizer, out_dir: Path, step: int) -> 
     llm_pairs = {}
     for game in games:
         for i, a in enumerate(names):
-            for b in names[i:]:
+            for j, b in enumerate(names[i:], i):
                 llm_pairs[(game, a, b)] = play_llm_vs_llm(policies[a], policies[b], tokenizer, cfg, game, n,
-                                                          seed=100 + i)
+                                                          seed=100 + 10 * i + j)
     flat: dict[str, float] = {}
     table: dict = {"step": step, "games_per_pair": n, "rounds": rounds, "behaviour": {}, "tournament": {}}
     for name in names:

@@ -109,7 +109,7 @@ def test_parse_rule():
 
 
 def test_invalid_answers_are_counted_penalized_and_never_end_the_episode():
-    env = RepeatedGameEnv(games=["pd"], opponents=["Cooperator"], rounds=4, invalid_option=1, invalid_penalty=2.0)
+    env = RepeatedGameEnv(games=["pd"], opponents=["Cooperator"], rounds=4, invalid_move="D", invalid_penalty=2.0)
     env.reset(3)
     answers = ["garbage", "", " J", "JF J"]
     rewards, infos, observations = [], [], []
@@ -119,12 +119,15 @@ def test_invalid_answers_are_counted_penalized_and_never_end_the_episode():
         infos.append(info)
         observations.append(observation)
     assert [i["valid"] for i in infos] == [False, False, True, False]
-    assert [i["agent_move"] for i in infos] == ["D", "D", "C", "D"]  # invalid -> option 1 (defect)
+    assert [i["agent_move"] for i in infos] == ["D", "D", "C", "D"]  # invalid -> D (defect)
     assert [r["payoff"] for r in rewards] == [5.0, 5.0, 3.0, 5.0]
     assert [r["gold"] for r in rewards] == [3.0, 3.0, 3.0, 3.0]  # payoff - penalty when invalid
     assert sum(r["invalid"] for r in rewards) == pytest.approx(0.75)
     assert "Invalid answer" in observations[0] and "Invalid answer" not in observations[2]
     assert done and observations[-1] is None and len(env.record.rounds) == 4
+    bos = RepeatedGameEnv(games=["bos"], opponents=["Cooperator"], rounds=2)
+    bos.reset(0)
+    assert bos.step("??")[3]["agent_option"] == 0  # D in BoS: insist on one's own favourite (option 0)
     end = RepeatedGameEnv(games=["pd"], opponents=["Cooperator"], rounds=3, reward_timing="end")
     end.reset(0)
     golds = [end.step(a)[1]["gold"] for a in (" J", " F", " F")]
