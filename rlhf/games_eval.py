@@ -319,5 +319,28 @@ def evaluate_checkpoint(cfg, checkpoint: Path, state: dict, run_dir: Path) -> di
     policy.load_state_dict(torch.load(checkpoint / "policy.pt", weights_only=True))
     metrics = evaluate_policy(cfg, policy, ref, tokenizer)
     policies = {"policy": policy, **({"init": ref} if bool(cfg.env.get("eval_baseline", True)) else {})}
+    for rival in cfg.env.get("eval_rivals", None) or []:  # other checkpoints: LLM-vs-LLM play and the tournament
+        policies[Path(str(rival)).name] = load_rival(str(rival), policy_dir)
     metrics.update(evaluate_games(cfg, policies, tokenizer, run_dir, int(state["step"])))
     return metrics
+
+
+def load_rival(path: str, policy_dir: Path):
+    """The policy of another run or checkpoint directory, which must start from the same warm
+    start (the same tokenizer) as the evaluated run."""
+    from agents.models import apply_lora, load_lm
+    from rlhf import checkpoint as ckpt
+
+    checkpoint = ckpt.resolve_resume(path, Path(path), Path(path).parent)
+    state = torch.load(checkpoint / ckpt.STATE, weights_only=False)
+    if Path(state["policy_dir"]) != policy_dir:
+        raise ValueError(f"env.eval_rivals: {path} starts from {state['policy_dir']}, not from this run's warm start "
+                         f"{policy_dir}; LLM-vs-LLM play needs one tokenizer")
+    rival = load_lm(policy_dir)
+    lora = state["config"]["model"]["lora"]
+    if int(lora["rank"]) > 0:
+        from omegaconf import OmegaConf
+
+        rival = apply_lora(rival, OmegaConf.create(lora))
+    rival.load_state_dict(torch.load(checkpoint / "policy.pt", weights_only=True))
+    return rival.eval()

@@ -307,17 +307,18 @@ def test_ppo_and_p3o_train_on_games_and_evaluate_behaviour(train_run):
     for tag in ("env/games/payoff", "env/games/cooperation", "env/games/invalid", "objective/gold", "eval/cooperation"):
         assert tag in scalars, tag
     assert all(1.0 <= v <= 5.0 for _, v in scalars["env/games/rounds"])
-    p3o = read_scalars(train_run(["algo=p3o", *SMALL_GAMES[1:], "train.steps=1"], "p3o"))
+    p3o_dir = train_run(["algo=p3o", *SMALL_GAMES[1:], "train.steps=1"], "p3o")
+    p3o = read_scalars(p3o_dir)
     assert "loss/policy" in p3o and "env/games/payoff" in p3o
     metrics = evaluate([f"run={run_dir}", "env.eval_games=[pd,bos]", "env.eval_opponents=[TitForTat,Defector]",
-                        "env.eval_games_per_pair=3"])
+                        "env.eval_games_per_pair=3", f"env.eval_rivals=[{p3o_dir}]"])
     for key in ("policy/pd/TitForTat/cooperation", "init/bos/Defector/coordination", "policy/pd/vs_init/payoff",
-                "tournament/pd/TitForTat/mean", "kl"):
+                "policy/bos/vs_p3o/coordination", "tournament/pd/TitForTat/mean", "tournament/pd/p3o/rank", "kl"):
         assert key in metrics, key
     out = run_dir / "games_eval"
     table = json.loads((out / "step_000002.json").read_text().replace("NaN", "null"))
-    assert table["tournament"]["pd"]["players"] == ["policy", "init", "TitForTat", "Defector"]
-    assert table["tournament"]["pd"]["payoff"][2][3] == pytest.approx(4 / 5)  # TFT vs Defector, 5 rounds
+    assert table["tournament"]["pd"]["players"] == ["policy", "init", "p3o", "TitForTat", "Defector"]
+    assert table["tournament"]["pd"]["payoff"][3][4] == pytest.approx(4 / 5)  # TFT vs Defector, 5 rounds
     assert (out / "behaviour_step_000002.png").stat().st_size > 1000
     assert (out / "tournament_step_000002.png").stat().st_size > 1000
     assert "| rank | player |" in (out / "step_000002.md").read_text()
