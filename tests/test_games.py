@@ -294,8 +294,10 @@ def test_llm_vs_llm_views_agree(tiny):
                 [(y.opponent_payoff, y.agent_payoff) for y in rb.rounds]
 
 
-SMALL_GAMES = ["algo=ppo", "env=games", "reward=gold", "model.sft.demonstrations=2000", "model.sft.epochs=1",
-               "train.prompts_per_step=8", "eval.prompts=8", "rollout.max_new_tokens=4", "train.steps=2"]
+# The warm start of the claim's --quick mode (shared cache): 4,000 demonstrations, one epoch.
+SMALL_GAMES = ["algo=ppo", "env=games", "reward=gold", "model.sft.demonstrations=4000", "model.sft.epochs=1",
+               "model.tokenizer.corpus_size=4000", "train.prompts_per_step=4", "eval.prompts=4",
+               "rollout.max_new_tokens=3", "train.steps=2"]
 
 
 def test_ppo_and_p3o_train_on_games_and_evaluate_behaviour(train_run):
@@ -307,11 +309,11 @@ def test_ppo_and_p3o_train_on_games_and_evaluate_behaviour(train_run):
     for tag in ("env/games/payoff", "env/games/cooperation", "env/games/invalid", "objective/gold", "eval/cooperation"):
         assert tag in scalars, tag
     assert all(1.0 <= v <= 5.0 for _, v in scalars["env/games/rounds"])
-    p3o_dir = train_run(["algo=p3o", *SMALL_GAMES[1:], "train.steps=1"], "p3o")
+    p3o_dir = train_run(["algo=p3o", *SMALL_GAMES[1:], "train.steps=1", "train.prompts_per_step=2"], "p3o")
     p3o = read_scalars(p3o_dir)
     assert "loss/policy" in p3o and "env/games/payoff" in p3o
     metrics = evaluate([f"run={run_dir}", "env.eval_games=[pd,bos]", "env.eval_opponents=[TitForTat,Defector]",
-                        "env.eval_games_per_pair=3", f"env.eval_rivals=[{p3o_dir}]"])
+                        "env.eval_games_per_pair=2", f"env.eval_rivals=[{p3o_dir}]"])
     for key in ("policy/pd/TitForTat/cooperation", "init/bos/Defector/coordination", "policy/pd/vs_init/payoff",
                 "policy/bos/vs_p3o/coordination", "tournament/pd/TitForTat/mean", "tournament/pd/p3o/rank", "kl"):
         assert key in metrics, key

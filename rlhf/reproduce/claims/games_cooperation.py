@@ -31,7 +31,7 @@ COMMON = ["algo=ppo", "env=games", "reward=gold", "env.games=[pd]", f"env.rounds
 def sweep(quick: bool) -> list[RunSpec]:
     if quick:
         train = ["train.steps=6", "eval.every=3", "train.prompts_per_step=8", "eval.prompts=16",
-                 "model.sft.demonstrations=2000", "model.sft.epochs=1"]
+                 "model.sft.demonstrations=4000", "model.sft.epochs=1", "model.tokenizer.corpus_size=4000"]
         behaviour = ["env.eval_games=[pd]", "env.eval_opponents=[TitForTat,Defector]", "env.eval_games_per_pair=4"]
     else:
         train = ["train.steps=50", "eval.every=10", "train.prompts_per_step=32", "eval.prompts=128",
