@@ -11,7 +11,9 @@ log = logging.getLogger("rlhf")
 
 # Shown on the console progress line, in this order, when present.
 CONSOLE_KEYS = [("objective/scores", "score"), ("objective/gold", "gold"), ("objective/kl", "kl"),
-                ("response_length/mean", "len"), ("perf/tokens_per_s", "tok/s")]
+                ("response_length/mean", "len"), ("perf/tokens_per_s", "tok/s"),
+                ("dpo/loss", "loss"), ("dpo/rewards_accuracy", "acc"), ("dpo/rewards_margin", "margin"),
+                ("dpo/logps_chosen", "logp_w")]
 
 
 class Logger:

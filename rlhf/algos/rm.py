@@ -1,7 +1,9 @@
 """`algo=rm`: proxy reward models trained with the Bradley-Terry loss (spec §3.2, after
 Gao et al.): pairs of responses sampled from the SFT policy for the same prompt, labelled
 by the environment's gold scorer (label flipped with probability env.label_noise), and
-a transformer + scalar head fitted to -log sigma(r_chosen - r_rejected).
+a transformer + scalar head fitted to -log sigma(r_chosen - r_rejected). With
+`reward.labels=intransitive` the labels come from a preference oracle instead (DNO's
+baseline: a Bradley-Terry model fitted to preferences it cannot represent).
 
 The preference data depends on `reward.data_seed` only; each reward model (an ensemble
 member) on `reward.seed` + its index (head init and data order). So the k members of an
@@ -24,6 +26,7 @@ from transformers import AutoModel
 from agents.models import ValueModel, load_lm, load_tokenizer
 from agents.warmstart import pad_right
 from envs import base as env_base
+from envs.preference import PreferenceOracle
 from rlhf.cache import cached, source_digest
 from rlhf.functional import bradley_terry_loss
 from rlhf.rollout.engine import HFEngine, SamplingParams
@@ -47,7 +50,8 @@ def sample_preference_pairs(cfg, policy_dir: Path, seed: int, log=print) -> list
         episodes = runner.run(envs, both)
         for a, b in zip(episodes[::2], episodes[1::2]):
             pairs.append({"ids": [a.token_ids, b.token_ids],
-                          "gold": [a.env_reward("gold"), b.env_reward("gold")]})
+                          "gold": [a.env_reward("gold"), b.env_reward("gold")],
+                          "texts": [a.action_texts[-1], b.action_texts[-1]]})
         log(f"[rm] sampled {len(pairs)}/{n_pairs} pairs ({time.time() - start:.0f}s)")
     return pairs
 
@@ -57,13 +61,19 @@ def env_kwargs(cfg) -> dict:
     return {k: v for k, v in cfg.env.items() if k not in ("name", "kind")}
 
 
-def label_pairs(pairs: list[dict], label_noise: float, rng: random.Random) -> list[tuple[list[int], list[int]]]:
-    """(chosen, rejected) by gold score; ties broken by the rng; each label flipped with
-    probability label_noise."""
+def label_pairs(pairs: list[dict], label_noise: float, rng: random.Random,
+                labels: str = "gold") -> list[tuple[list[int], list[int]]]:
+    """(chosen, rejected) by gold score (ties broken by the rng), or drawn from a preference
+    oracle (envs/preference.py: `labels=intransitive`, a rater who prefers the first response
+    with probability P(a > b)); each label then flipped with probability label_noise."""
+    oracle = None if labels == "gold" else PreferenceOracle(labels)
     labelled = []
     for pair in pairs:
         g0, g1 = pair["gold"]
-        first_wins = g0 > g1 if g0 != g1 else rng.random() < 0.5
+        if oracle is not None:
+            first_wins = oracle.sample_label(*[oracle.features(t) for t in pair["texts"]], rng)
+        else:
+            first_wins = g0 > g1 if g0 != g1 else rng.random() < 0.5
         if rng.random() < label_noise:
             first_wins = not first_wins
         a, b = pair["ids"]
@@ -119,6 +129,7 @@ def preference_data(cfg, policy_dir: Path, log=print) -> dict:
     """Train/validation pairs with their (noisy) labels, shared by every ensemble member."""
     spec = {"env": {"name": cfg.env.name, **env_kwargs(cfg)},  # every env setting can change labels
             "data_seed": int(cfg.reward.data_seed), "validation_fraction": cfg.reward.validation_fraction,
+            "labels": str(cfg.reward.labels),
             "policy": str(Path(policy_dir).resolve()),
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
             "sources": source_digest(["rlhf.algos.rm", "envs.text", "rlhf.rollout.engine", "rlhf.rollout.runner"])}
@@ -130,7 +141,7 @@ def preference_data(cfg, policy_dir: Path, log=print) -> dict:
         rng.shuffle(pairs)
         n_val = max(1, int(len(pairs) * float(cfg.reward.validation_fraction)))
         val, train_pairs = pairs[:n_val], pairs[n_val:]
-        labelled = label_pairs(train_pairs, float(cfg.env.label_noise), rng)
+        labelled = label_pairs(train_pairs, float(cfg.env.label_noise), rng, str(cfg.reward.labels))
         (out / "data.json").write_text(json.dumps({"train": labelled, "validation": val,
                                                    "train_pairs": train_pairs}))
 
@@ -141,7 +152,7 @@ def reward_model_dir(cfg, policy_dir: Path, log=print, seed: int | None = None) 
     """Directory of the reward model trained with `seed` (default reward.seed) on the shared
     preference data (built and cached if needed)."""
     seed = int(cfg.reward.seed) if seed is None else int(seed)
-    training = {k: cfg.reward[k] for k in ("init", "epochs", "batch_size", "lr", "data_seed", "validation_fraction")}
+    training = {k: cfg.reward[k] for k in ("init", "epochs", "batch_size", "lr", "data_seed", "validation_fraction", "labels")}
     spec = {"training": training, "seed": seed, "policy": str(Path(policy_dir).resolve()),
             "env": {"name": cfg.env.name, **env_kwargs(cfg)},
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},

@@ -1,0 +1,117 @@
+"""algo=dpo and algo=dno end to end on the tiny text task: every loss trains and moves the
+policy the right way on its own data, Curry-DPO stages, JSONL data, reference caching,
+checkpoint/resume, config errors; DNO iterations log their win rates."""
+import json
+
+import pytest
+import torch
+
+from agents.models import load_lm
+from rlhf.config import ConfigError, validate
+from rlhf.logger import read_scalars
+from rlhf.preference.losses import LOSSES
+from tests.conftest import SMALL, compose_cfg
+
+DPO_SMALL = [*SMALL, "algo=dpo", "algo.prompts=48", "algo.epochs=1", "algo.batch_size=16", "algo.lr=1e-3",
+             "threads=2"]
+
+
+def final_weights(run_dir):
+    state = torch.load(sorted((run_dir / "checkpoints").glob("step_*"))[-1] / "policy.pt", weights_only=True)
+    return state
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_and_separates_chosen_from_rejected(train_run, loss):
+    """Two epochs per loss: the run finishes and logs dpo/* and the held-out eval; in the
+    second epoch (pairs already seen once) the implicit reward ranks chosen above rejected on
+    most pairs (LiPO: its listwise loss falls)."""
+    extra = ["algo.f_divergence=forward_kl"] if loss == "fdpo" else []
+    run_dir = train_run([*DPO_SMALL, "algo.epochs=2", f"algo.loss={loss}", *extra], name=loss)
+    scalars = read_scalars(run_dir)
+    assert "eval/gold" in scalars and "eval/kl" in scalars
+    if loss == "lipo":
+        assert scalars["dpo/loss"][1][1] < scalars["dpo/loss"][0][1]
+    else:
+        assert scalars["dpo/rewards_accuracy"][1][1] > 0.5, f"{loss}: chosen should beat rejected after an epoch"
+
+
+def test_curriculum_iterative_runs_one_stage_per_pair_rank(train_run):
+    run_dir = train_run([*DPO_SMALL, "algo.curriculum=iterative", "algo.responses_per_prompt=3"], name="curry")
+    stages = [value for _, value in read_scalars(run_dir)["dpo/stage"]]
+    assert stages == [0.0, 1.0]  # K = 3: (R1, R3) then (R1, R2)
+    last = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    assert (last / "ref.pt").exists()  # the stage-2 reference (policy after stage 1) is checkpointed
+
+
+def test_jsonl_data_trains(train_run, tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": "we stayed at the inn last week.", "chosen": " the room was great.", "rejected": " the room was dirty."},
+            {"prompt": "i saw the comedy on friday.", "responses": [" it was fun.", " it was awful.", " it was ok."],
+             "scores": [2, 0, 1]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    run_dir = train_run([*DPO_SMALL, f"algo.data={path}", "algo.epochs=3", "algo.batch_size=2"], name="jsonl")
+    assert len(read_scalars(run_dir)["dpo/loss"]) == 3
+
+
+def test_resume_is_exact(train_run):
+    whole = train_run([*DPO_SMALL, "algo.epochs=2"], name="whole")
+    half_ckpt = whole / "checkpoints" / "step_000001"  # as if the run had stopped after epoch 1
+    resumed = train_run([*DPO_SMALL, "algo.epochs=2", f"train.resume={half_ckpt}"], name="resumed")
+    a, b = final_weights(whole), final_weights(resumed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_reference_logps_are_computed_once_per_stage(train_run, monkeypatch):
+    from rlhf.algos import dpo
+
+    calls = []
+    original = dpo.reference_logps
+    monkeypatch.setattr(dpo, "reference_logps", lambda *a, **k: calls.append(1) or original(*a, **k))
+    train_run([*DPO_SMALL, "algo.epochs=2"], name="refcache")
+    assert len(calls) == 1  # one no-grad pass for the stage, reused by both epochs
+
+
+def test_bad_dpo_config_names_the_choices():
+    with pytest.raises(ConfigError, match="valid choices: dpo, ipo, simpo"):
+        validate(compose_cfg(["algo=dpo", "algo.loss=kto"]))
+    with pytest.raises(ConfigError, match="valid choices: none, iterative, single_run"):
+        validate(compose_cfg(["algo=dpo", "algo.curriculum=hard_first"]))
+    with pytest.raises(ConfigError, match="valid choices: gold, intransitive"):
+        validate(compose_cfg(["algo=dno", "algo.oracle=majority"]))
+
+
+def test_dno_iterations_log_win_rates_and_pairs(train_run):
+    run_dir = train_run([*SMALL, "algo=dno", "algo.iterations=2", "algo.prompts_per_iteration=16", "algo.eval_prompts=16",
+                         "algo.eval_samples=2", "algo.lr=1e-3"], name="dno")
+    scalars = read_scalars(run_dir)
+    curve = scalars["dno/win_rate_vs_initial"]
+    assert [step for step, _ in curve] == [1, 2, 3]
+    assert curve[0][1] == pytest.approx(0.5)  # pi_1 against itself, same samples
+    assert all(value > 0 for _, value in scalars["dno/pairs"])
+    policy = load_lm(sorted((run_dir / "checkpoints").glob("step_*"))[-1] / "hf")
+    assert policy is not None
+
+
+def test_dno_rejects_overlapping_partitions(train_run):
+    with pytest.raises(ValueError, match="partitions must not overlap"):
+        train_run([*SMALL, "algo=dno", "algo.iterations=5", "algo.prompts_per_iteration=100"], name="overlap")
+
+
+def test_quick_dno_claim_reports_logged_numbers(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "dno"
+    result = subprocess.run([sys.executable, "-m", "rlhf.reproduce", "dno_self_improvement", "--quick", "--out", str(out)],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED): .+ head-to-head DNO vs PPO-BT 0\.\d+", report)
+    assert (out / "win_rate_vs_iteration.png").stat().st_size > 1000
+    runs = {r["name"]: Path(r["run_dir"]) for r in json.loads((out / "results.json").read_text())["runs"]}
+    logged = read_scalars(runs["dno-gold"])["dno/win_rate_vs_initial"]
+    row = next(line for line in report.splitlines() if line.startswith("| gold |"))
+    assert [float(x) for x in row.strip("|").split("|")[1:]] == pytest.approx([v for _, v in logged], abs=5e-4)
