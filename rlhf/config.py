@@ -20,6 +20,9 @@ GROUPS = ("algo", "env", "model", "reward", "rollout", "launcher", "decoding")
 # key -> valid values (checked when the key exists in the composed config)
 CHOICES: dict[str, tuple] = {
     "device": ("cpu", "cuda"),
+    "rollout.name": ("hf", "vllm"),
+    "launcher.name": ("local", "ray"),  # rlhf.launch.LAUNCHERS
+    "launcher.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     "algo.clip_variant": ("joint", "separate"),
     "algo.kl_from": ("current", "old"),
     "algo.loss_average": ("pairs", "tokens"),
@@ -37,12 +40,24 @@ CHOICES: dict[str, tuple] = {
     "env.reward_timing": ("round", "end"),
     "env.invalid_move": ("C", "D"),
     "algo.form": ("mu", "xi", "all"),
+    "env.actions": ("right_only", "simple", "complex"),
+    "algo.meta": ("reptile", "joint"),
+    "eval.stages": ("held_out", "train", "all", "none"),
     "algo.threshold_search": ("none", "nelder_mead"),
+    "algo.loss": ("dpo", "ipo", "simpo", "fdpo", "tdpo", "asft", "rpo", "lipo"),  # rlhf.preference.losses.LOSSES
+    "algo.curriculum": ("none", "iterative", "single_run"),
+    "algo.f_divergence": ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"),
+    "algo.sft_reduction": ("sum", "mean"),
+    "algo.tdpo_variant": (1, 2),
+    "algo.oracle": ("gold", "intransitive"),  # envs.preference.ORACLES
+    "algo.pairs": ("all", "restrictive", "spin"),
+    "reward.labels": ("gold", "intransitive"),
 }
 POSITIVE_INTS = ("train.steps", "train.prompts_per_step", "algo.samples_per_prompt", "algo.epochs",
                  "algo.minibatches", "algo.minibatch_pairs", "rollout.max_new_tokens", "eval.prompts",
                  "eval.samples_per_prompt", "env.preference_pairs", "env.max_turns", "reward.members",
-                 "algo.prompts", "algo.n_max")
+                 "algo.prompts", "algo.n_max", "algo.responses_per_prompt", "algo.batch_size", "algo.iterations",
+                 "launcher.num_workers")
 UNIT_INTERVAL = ("env.label_noise", "env.eval_fraction")
 
 
@@ -122,6 +137,12 @@ def _check_combinations(cfg: DictConfig) -> None:
         raise ConfigError(f"rollout.temperature={r.temperature} must be >= 0 (0 = greedy)")
     if not 0.0 < float(r.top_p) <= 1.0:
         raise ConfigError(f"rollout.top_p={r.top_p} must lie in (0, 1]")
+    if r.get("sync_check_threshold") is not None and float(r.sync_check_threshold) < 0:
+        raise ConfigError(f"rollout.sync_check_threshold={r.sync_check_threshold} must be >= 0 (null or 0: log the "
+                          "engine/trainer log-prob gap without raising)")
+    if r.name == "vllm" and int(cfg.model.lora.rank) > 0:
+        raise ConfigError(f"rollout=vllm syncs full weights; with model.lora.rank={cfg.model.lora.rank} use "
+                          "rollout=hf (LoRA adapters into vLLM are not supported yet)")
     if cfg.algo.name == "p3o" and int(cfg.algo.samples_per_prompt) != 2:
         raise ConfigError(f"algo=p3o pairs two responses per prompt: algo.samples_per_prompt must be 2, "
                           f"got {cfg.algo.samples_per_prompt}")
@@ -148,6 +169,7 @@ def _check_combinations(cfg: DictConfig) -> None:
     if cfg.algo.name == "constrained_ppo" and cfg.algo.thresholds is None and cfg.algo.threshold_search == "none":
         raise ConfigError("algo=constrained_ppo needs algo.thresholds (a list, one per component, or the file of "
                           "`python -m rlhf.proxy_points`), or algo.threshold_search=nelder_mead")
+    _check_launcher(cfg.launcher)
     if cfg.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -158,3 +180,15 @@ def _check_combinations(cfg: DictConfig) -> None:
         if not Path(str(cfg.train.resume)).expanduser().exists():
             raise ConfigError(f"train.resume={cfg.train.resume} does not exist; valid values: null, true, "
                               "latest, or a run/checkpoint directory")
+
+
+def _check_launcher(launcher: DictConfig) -> None:
+    for key in ("chunk_episodes", "max_restarts"):
+        value = launcher.get(key)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ConfigError(f"launcher.{key}={value!r} must be an integer >= 0")
+    if launcher.name == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("launcher=ray needs Ray: pip install -e '.[ray]' (valid choice without it: launcher=local)")

@@ -3,11 +3,11 @@ checkpoint, for every RL algorithm on every text environment.
 
     config -> Trainer -> env(s), policy (+ frozen reference), reward source, engine, algorithm
     each phase:
-        episodes = runner.run(envs, prompt seeds)        # token-in / token-out
+        episodes = rollout.run(prompt seeds)             # token-in / token-out (rlhf.launch: local or Ray)
         batch    = collate(episodes); batch.old_logprobs = trainer forward (pi_old)
         turn_rewards = reward source(episodes, batch)     # what the algorithm optimizes
         metrics  = algorithm.step(batch, turn_rewards)
-        engine.load_weights(policy, version=step)
+        rollout.sync(policy, version=step)               # into every engine copy
 """
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ from rlhf import checkpoint as ckpt
 from rlhf.algos import RL_ALGOS
 from rlhf.algos.rm import env_kwargs, reward_model_dirs
 from rlhf.evaluate import evaluate_policy, save_eval
+from rlhf.launch import make_rollout
 from rlhf.logger import Logger
 from rlhf.rollout.batch import collate
-from rlhf.rollout.engine import HFEngine, SamplingParams
+from rlhf.rollout.engine import HFEngine, build_sync_probe, check_weight_sync
 from rlhf.rollout.guidance import decoding_processors
-from rlhf.rollout.runner import EpisodeRunner
 
 log = logging.getLogger("rlhf")
 
@@ -86,18 +86,39 @@ class Trainer:
         algo_cls = RL_ALGOS[cfg.algo.name]
         self.reward, reward_model = build_reward_source(cfg, self.policy_dir, getattr(algo_cls, "vector_reward", False))
         self.algo = algo_cls(cfg, policy, self.ref, self.tokenizer, reward_model=reward_model)
-        self.engine = HFEngine(policy, self.tokenizer, int(cfg.rollout.max_batch_size))
-        self.runner = EpisodeRunner(self.engine, self.tokenizer, SamplingParams.from_config(cfg.rollout),
-                                    max_turns=int(cfg.env.max_turns),
-                                    max_total_tokens=int(policy.config.max_position_embeddings))
-        n_episodes = int(cfg.train.prompts_per_step) * self.algo.samples_per_prompt
-        self.envs = [env_base.make(self.env_name, split="train", **env_kwargs(cfg)) for _ in range(n_episodes)]
+        self.num_episodes = int(cfg.train.prompts_per_step) * self.algo.samples_per_prompt
+        # engine + environments: in this process (launcher=local) or in Ray actors (launcher=ray)
+        self.rollout = make_rollout(cfg, policy, self.tokenizer, self.policy_dir, self.num_episodes)
+        self.sync_probe = self.build_sync_probe(probe_env)
+        self.sync_gap = self.check_sync()  # the engine must start from the policy's weights too
         self.step, self.prompt_counter = 0, 0
         # Building warm starts consumes random numbers only when they are not cached yet:
         # seed again so a run does not depend on what the cache held.
         seed_everything(int(cfg.seed))
         if cfg.train.resume:
             self.restore(ckpt.resolve_resume(cfg.train.resume, self.run_dir, self.run_dir.parent))
+
+    # --- checked weight sync (peers.md §6.1) -------------------------------------------------
+    def build_sync_probe(self, env):
+        """A few held-fixed prompts with greedy continuations of the initial policy (made by an
+        HF engine over the policy, so the probe is the same whatever engine or launcher runs)."""
+        n = int(self.cfg.rollout.get("sync_probe_prompts", 4))
+        prompts = [self.tokenizer(env.reset(10**9 + i), add_special_tokens=False)["input_ids"] for i in range(n)]
+        return build_sync_probe(HFEngine(self.policy, self.tokenizer), prompts)
+
+    def sync_rollout(self, version: int) -> float:
+        """Send the policy's weights to the engine(s), then check them on the probe."""
+        self.rollout.sync(self.policy.named_parameters(), version=version)
+        return self.check_sync()
+
+    def check_sync(self) -> float:
+        """Max per-token log-prob gap engine vs trainer on the probe; raises above
+        rollout.sync_check_threshold. Scored by `rollout.score` or the local engine's."""
+        scorer = self.rollout if hasattr(self.rollout, "score") else getattr(self.rollout, "engine", None)
+        if scorer is None:
+            return float("nan")  # a backend that cannot score the probe (yet)
+        return check_weight_sync(scorer, self.policy, self.sync_probe, self.tokenizer.pad_token_id,
+                                 self.cfg.rollout.get("sync_check_threshold"))
 
     # --- prompts ---------------------------------------------------------------------------
     def next_prompt_seeds(self) -> list[int]:
@@ -110,7 +131,7 @@ class Trainer:
     # --- one phase -------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         t0 = time.time()
-        episodes = self.runner.run(self.envs, self.next_prompt_seeds())
+        episodes = self.rollout.run(self.next_prompt_seeds())
         t_gen = time.time() - t0
         batch = collate(episodes, self.tokenizer.pad_token_id)
         turn_rewards, metrics = self.reward(episodes, batch)
@@ -120,7 +141,7 @@ class Trainer:
         t1 = time.time()
         metrics.update(self.algo.step(batch, turn_rewards))
         t_train = time.time() - t1
-        self.engine.load_weights(self.policy.named_parameters(), version=self.step + 1)
+        sync_gap = self.sync_rollout(version=self.step + 1)
         t_sync = time.time() - t1 - t_train
         generated = int(batch.action_mask.sum())
         metrics.update({
@@ -129,7 +150,8 @@ class Trainer:
             "response_length/mean": float(batch.response_length.float().mean()),
             "objective/eos_rate": float(batch.finished.float().mean()),
             "rollout/logp_diff_max": float(gap),
-            "rollout/policy_version": float(self.engine.version),
+            "rollout/sync_logp_diff_max": sync_gap,  # engine vs trainer on the fixed probe, after this sync
+            "rollout/policy_version": float(self.rollout.version),
             "timing_s/gen": t_gen, "timing_s/score": t_score, "timing_s/train": t_train, "timing_s/sync": t_sync,
             "perf/tokens_per_s": generated / max(t_gen, 1e-9),
             "perf/time_per_step": time.time() - t0,
@@ -154,7 +176,7 @@ class Trainer:
         total = int(cfg.train.steps)
         logger = Logger(self.run_dir, total, int(cfg.train.log_every), first_step=self.step + 1)
         log.info(f"[train] {cfg.algo.name} on env={self.env_name}, reward={cfg.reward.name}: "
-                 f"{total} phases x {len(self.envs)} episodes; run dir {self.run_dir}")
+                 f"{total} phases x {self.num_episodes} episodes; run dir {self.run_dir}")
         metrics: dict[str, float] = {}
         every = int(cfg.eval.every)
         try:
@@ -174,6 +196,7 @@ class Trainer:
             log.info("[eval] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in final_eval.items()))
         finally:
             logger.close()
+            self.rollout.close()
         return metrics
 
     def log_eval(self, logger: Logger, metrics: dict[str, float]) -> None:
@@ -188,7 +211,7 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------
     def save(self) -> Path:
         state = {"step": self.step, "prompt_counter": self.prompt_counter, "rng": rng_state(),
-                 "algo": self.algo.state_dict(), "engine_version": self.engine.version,
+                 "algo": self.algo.state_dict(), "engine_version": self.rollout.version,
                  "policy_dir": str(self.policy_dir), "config": OmegaConf.to_container(self.cfg, resolve=True)}
         path = ckpt.save_checkpoint(self.run_dir, self.step, state, self.algo.modules(),
                                     int(self.cfg.train.keep_checkpoints), self.write_hf_copy)
@@ -208,6 +231,6 @@ class Trainer:
             module.load_state_dict(module_states[name])
         self.algo.load_state_dict(state["algo"])
         self.step, self.prompt_counter = int(state["step"]), int(state["prompt_counter"])
-        self.engine.version = int(state["engine_version"])
+        self.sync_rollout(version=int(state["engine_version"]))  # the engine gets the restored weights
         set_rng_state(state["rng"])
         log.info(f"[resume] from {path} at step {self.step}")

@@ -24,8 +24,14 @@ RL_ENV_KINDS = ("text",)
 STANDALONE_ALGOS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rm": ("rlhf.algos.rm", ("text",)),
     "bon": ("rlhf.algos.bon", ("text",)),
+    "dpo": ("rlhf.algos.dpo", ("text",)),
+    "dno": ("rlhf.algos.dno", ("text",)),
     "cmorl": ("rlhf.algos.cmorl", ("control",)),
     "morl_baselines": ("rlhf.algos.morl_baselines", ("control",)),
+    "reptile": ("rlhf.algos.reptile", ("mario",)),
+    "sb3_ppo": ("rlhf.algos.sb3_baselines", ("mario",)),
+    "sb3_dqn": ("rlhf.algos.sb3_baselines", ("mario",)),
+    "rllib_ppo": ("rlhf.algos.rllib_ppo", ("mario",)),
 }
 
 

@@ -2,6 +2,11 @@
 
     engine.generate(prompt_token_ids, sampling) -> [Completion(token_ids, logprobs, finish_reason)]
     engine.load_weights(named_tensors, version)
+    engine.score(sequences, prompt_lens)     # teacher-forced log-probs: the weight-sync check
+
+`make_engine(cfg, policy, tokenizer)` builds the engine named by `rollout.name` (hf here; vllm
+in rlhf.rollout.vllm_engine, imported only when asked for). After every sync the trainer runs
+`check_weight_sync` on a fixed probe batch (spec: peers.md §1.7, §6.1).
 
 Token ids in, token ids out: callers never decode and re-encode generated text to rebuild
 a training sequence. `logprobs` are the behaviour policy's per-token log-probabilities
@@ -49,6 +54,11 @@ class Engine:
         raise NotImplementedError
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        raise NotImplementedError
+
+    def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        """Teacher-forced log pi(token_t | tokens_<t) at temperature 1 of each token after its
+        prompt, computed by the engine's copy of the weights (the weight-sync check's probe)."""
         raise NotImplementedError
 
 
@@ -110,6 +120,9 @@ class HFEngine(Engine):
                     params[name].copy_(tensor)
         self.version = version
 
+    def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        return score_with_model(self.model, sequences, prompt_lens, self.tokenizer.pad_token_id)
+
     @torch.no_grad()
     def generate(self, prompt_token_ids, sampling: SamplingParams) -> list[Completion]:
         completions: list[Completion] = []
@@ -125,6 +138,7 @@ class HFEngine(Engine):
         for i, p in enumerate(prompts):  # left padding
             input_ids[i, width - len(p):] = torch.tensor(p)
             attention_mask[i, width - len(p):] = 1
+        input_ids, attention_mask = input_ids.to(self.model.device), attention_mask.to(self.model.device)
         for processor in self.extra_processors:  # e.g. value guidance needs the prompt padding
             if hasattr(processor, "begin"):
                 processor.begin(attention_mask)
@@ -167,3 +181,84 @@ class HFEngine(Engine):
                 return end
         return None
 
+
+
+# --- the checked weight sync (peers.md §6.1: stale or corrupt engine weights fail silently) ---
+
+def score_with_model(model: torch.nn.Module, sequences: list[list[int]], prompt_lens: list[int],
+                     pad_id: int) -> list[list[float]]:
+    """Teacher-forced log-probs at temperature 1 of each token after its prompt (right padding)."""
+    from agents.models import lm_forward  # agents builds on rlhf: import where used
+    from rlhf.functional import token_logprobs
+
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, seq in enumerate(sequences):
+        input_ids[i, :len(seq)] = torch.tensor(seq)
+        attention_mask[i, :len(seq)] = 1
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        logp = token_logprobs(lm_forward(model, input_ids.to(device), attention_mask.to(device)), input_ids.to(device))
+    model.train(was_training)
+    return [logp[i, start:len(seq)].tolist() for i, (seq, start) in enumerate(zip(sequences, prompt_lens))]
+
+
+@dataclass(frozen=True)
+class SyncProbe:
+    """A fixed batch the engine and the trainer both score after every weight sync."""
+    sequences: list[list[int]]  # prompt + continuation ids
+    prompt_lens: list[int]
+
+
+def build_sync_probe(engine: Engine, prompts: list[list[int]], max_new_tokens: int = 16) -> SyncProbe:
+    """Each prompt with the engine's greedy continuation (likely tokens) and with the next
+    prompt's continuation (unlikely tokens, where stale weights show most): fixed for the run."""
+    greedy = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    continuations = [c.token_ids or [0] for c in greedy]
+    shifted = continuations[1:] + continuations[:1]
+    sequences = [p + c for p, c in zip(prompts, continuations)] + [p + c for p, c in zip(prompts, shifted)]
+    return SyncProbe(sequences, [len(p) for p in prompts] * 2)
+
+
+class WeightSyncError(RuntimeError):
+    """The engine's log-probs disagree with the trainer's after a weight sync."""
+
+
+def check_weight_sync(engine: Engine, policy: torch.nn.Module, probe: SyncProbe, pad_id: int,
+                      threshold: float | None) -> float:
+    """Max per-token |log-prob gap| between engine and trainer on the probe; raises when it
+    exceeds `threshold` (None or 0: measure only)."""
+    engine_logp = engine.score(probe.sequences, probe.prompt_lens)
+    trainer_logp = score_with_model(policy, probe.sequences, probe.prompt_lens, pad_id)
+    gap = max(abs(a - b) for row_e, row_t in zip(engine_logp, trainer_logp) for a, b in zip(row_e, row_t))
+    if threshold and gap > threshold:
+        raise WeightSyncError(
+            f"weight sync check failed at policy version {engine.version}: the engine's log-probs differ from the "
+            f"trainer's by up to {gap:.3g} on the probe batch (rollout.sync_check_threshold={threshold}). The engine "
+            "is generating with stale or corrupt weights: a skipped or partial sync, tied embeddings synced without "
+            "lm_head.weight, or a prefix cache not reset. Set rollout.sync_check_threshold=null to only log the gap.")
+    return gap
+
+
+def make_engine(cfg, policy: torch.nn.Module, tokenizer, model_dir: str | None = None) -> Engine:
+    """The engine of the `rollout` config group, holding the policy's current weights.
+
+    hf: shares the trainer's module (syncs are free). vllm: an in-process vLLM started from
+    `model_dir` (default: the directory the policy was loaded from), vLLM imported lazily."""
+    rollout = cfg.rollout
+    if rollout.name == "hf":
+        return HFEngine(policy, tokenizer, int(rollout.max_batch_size))
+    if rollout.name == "vllm":
+        from rlhf.rollout.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(model_dir or policy.config._name_or_path, max_batch_size=int(rollout.max_batch_size),
+                            max_model_len=int(policy.config.max_position_embeddings), seed=int(cfg.seed),
+                            device=str(cfg.device), kv_cache_gib=float(rollout.kv_cache_gib),
+                            gpu_memory_utilization=float(rollout.gpu_memory_utilization),
+                            enforce_eager=bool(rollout.enforce_eager), seeded_requests=bool(rollout.seeded_requests))
+        engine.load_weights(policy.named_parameters(), version=0)  # the policy may differ from its directory
+        return engine
+    raise ValueError(f"rollout.name={rollout.name!r} is not an engine; valid choices: hf, vllm")
