@@ -33,7 +33,7 @@ def sweep(quick: bool) -> list[RunSpec]:
         ppo = [*small, "train.steps=3", "train.prompts_per_step=8", "eval.prompts=8", "env.preference_pairs=200"]
     else:
         dno = ["algo.iterations=4", "algo.prompts_per_iteration=96"]
-        ppo = ["train.steps=60", "eval.prompts=64"]
+        ppo = ["train.steps=60", "eval.prompts=64", "threads=1"]  # 1 thread: 2 spin-wait on a shared CPU (46 s/phase)
     specs = [RunSpec(f"dno-{oracle}", "dno", ["algo=dno", f"algo.oracle={oracle}", *dno], {"oracle": oracle})
              for oracle in ORACLES]
     specs.append(RunSpec("ppo-bt", "ppo", ["algo=ppo", "reward=rm", "reward.labels=intransitive", *ppo],
