@@ -169,6 +169,9 @@ def _check_combinations(cfg: DictConfig) -> None:
     if cfg.algo.name == "constrained_ppo" and cfg.algo.thresholds is None and cfg.algo.threshold_search == "none":
         raise ConfigError("algo=constrained_ppo needs algo.thresholds (a list, one per component, or the file of "
                           "`python -m rlhf.proxy_points`), or algo.threshold_search=nelder_mead")
+    if cfg.algo.name == "dno" and not bool(cfg.algo.teacher) and cfg.algo.pairs != "all":
+        raise ConfigError(f"algo.pairs={cfg.algo.pairs} pairs the teacher with student samples, but algo.teacher=false; "
+                          "valid choices: algo.teacher=true, or algo.pairs=all")
     _check_launcher(cfg.launcher)
     if cfg.device == "cuda":
         import torch

@@ -79,11 +79,16 @@ def test_bad_dpo_config_names_the_choices():
         validate(compose_cfg(["algo=dpo", "algo.curriculum=hard_first"]))
     with pytest.raises(ConfigError, match="valid choices: gold, intransitive"):
         validate(compose_cfg(["algo=dno", "algo.oracle=majority"]))
+    with pytest.raises(ConfigError, match="algo.pairs=spin pairs the teacher"):
+        validate(compose_cfg(["algo=dno", "algo.teacher=false", "algo.pairs=spin"]))
 
 
 def test_dno_iterations_log_win_rates_and_pairs(train_run):
     run_dir = train_run([*SMALL, "algo=dno", "algo.iterations=2", "algo.prompts_per_iteration=16", "algo.eval_prompts=16",
                          "algo.eval_samples=2", "algo.lr=1e-3"], name="dno")
+    no_teacher = read_scalars(train_run([*SMALL, "algo=dno", "algo.iterations=1", "algo.prompts_per_iteration=16",
+                                         "algo.eval_prompts=8", "algo.eval_samples=2", "algo.teacher=false"], name="dno-nt"))
+    assert no_teacher["dno/student_beats_teacher"][-1][1] == 0.0  # no teacher, so no student > teacher pair
     scalars = read_scalars(run_dir)
     curve = scalars["dno/win_rate_vs_initial"]
     assert [step for step, _ in curve] == [1, 2, 3]

@@ -20,7 +20,8 @@ spec algorithms-a.md §2).
 The oracle is pluggable (envs/preference.py): `gold` (transitive) or `intransitive` (a
 rock-paper-scissors cycle over review lengths on top of gold, which no Bradley-Terry reward
 can represent). `algo.pairs=restrictive` builds only teacher>student pairs (DNO-Restrictive);
-`algo.pairs=spin` makes the teacher the positive against every sample, no annotator (SPIN).
+`algo.pairs=spin` makes the teacher the positive against every sample, no annotator (SPIN);
+`algo.teacher=false` drops the teacher candidate (pairs among on-policy samples only).
 Logged per iteration (x = t + 1, the iterate's index): dno/win_rate_vs_initial,
 dno/win_rate_vs_teacher, dno/pairs, dno/pair_yield, dno/student_beats_teacher, dno/gold,
 dno/words, dno/class_{brief,standard,long}, and dpo/* of the update.
@@ -187,10 +188,12 @@ def collect_pairs(cfg, runner, tokenizer, oracle, env, seeds, rng) -> tuple[list
     pairs, prompts_with_pairs, student_wins = [], 0, 0
     eos = tokenizer.eos_token_id
     for (prompt_ids, responses, texts), seed in zip(sample(runner, cfg, seeds, int(cfg.algo.samples_per_prompt), "train"), seeds):
-        teacher = teacher_response(env.reset(seed), rng)
-        texts = texts + [teacher]
-        responses = responses + [tokenizer(teacher, add_special_tokens=False)["input_ids"] + [eos]]
-        is_teacher = [False] * (len(texts) - 1) + [True]
+        is_teacher = [False] * len(texts)
+        if bool(cfg.algo.teacher):  # the off-policy candidate K+1 (the paper's GPT-4 output)
+            teacher = teacher_response(env.reset(seed), rng)
+            texts = texts + [teacher]
+            responses = responses + [tokenizer(teacher, add_special_tokens=False)["input_ids"] + [eos]]
+            is_teacher.append(True)
         scores = annotate(oracle, texts)
         chosen = build_pairs(scores, is_teacher, texts, str(cfg.algo.pairs), int(cfg.algo.positive_min_score),
                              int(cfg.algo.margin), int(cfg.algo.student_margin))
