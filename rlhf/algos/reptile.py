@@ -40,6 +40,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from rlhf import checkpoint as ckpt
+from rlhf.algos.base import torch_threads
 from rlhf.config import ConfigError
 from rlhf.functional import clipped_policy_loss, clipped_value_loss, gae, masked_whiten
 
@@ -319,12 +320,8 @@ def train(cfg, run_dir: Path) -> dict[str, float]:
     meta-training (TensorBoard step = env steps); checkpoints every algo.checkpoint_every
     meta-iterations and at the end."""
     check_config(cfg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(cfg.algo.threads))
-    try:
+    with torch_threads(cfg.algo.threads):
         return _train(cfg, run_dir)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg, run_dir: Path) -> dict[str, float]:

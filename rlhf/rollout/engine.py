@@ -189,14 +189,10 @@ def score_with_model(model: torch.nn.Module, sequences: list[list[int]], prompt_
                      pad_id: int) -> list[list[float]]:
     """Teacher-forced log-probs at temperature 1 of each token after its prompt (right padding)."""
     from agents.models import lm_forward  # agents builds on rlhf: import where used
+    from agents.warmstart import pad_right
     from rlhf.functional import token_logprobs
 
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, seq in enumerate(sequences):
-        input_ids[i, :len(seq)] = torch.tensor(seq)
-        attention_mask[i, :len(seq)] = 1
+    input_ids, attention_mask = pad_right(sequences, pad_id)
     was_training = model.training
     model.eval()
     with torch.no_grad():
