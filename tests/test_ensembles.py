@@ -129,6 +129,23 @@ def test_best_of_n_run_logs_curves(train_run):
     assert len({round(v, 6) for v in first.values()}) == 1, "n = 1 is the base policy for every rule"
 
 
+def test_best_of_n_pool_is_shared_only_by_runs_that_sample_alike(tmp_path):
+    """Runs differing only in their reward models' data (label noise, pair count) reuse one
+    cached sample pool; anything that changes the samples gets its own."""
+    from rlhf.algos.bon import pool_spec
+    from rlhf.cache import artifact_key
+    from rlhf.config import compose
+
+    def key(*extra):
+        return artifact_key(pool_spec(compose(["algo=bon", "reward=ensemble", *extra]), tmp_path))
+
+    base = key()
+    assert key("env.label_noise=0.25") == base
+    assert key("env.preference_pairs=1000") == base
+    for changed in ("rollout.temperature=1.6", "algo.n_max=64", "algo.prompts=4", "seed=1"):
+        assert key(changed) != base, changed
+
+
 @pytest.mark.parametrize("kl_coef", [0.0, 0.05])
 def test_ppo_with_ensemble_rewards(train_run, kl_coef):
     run_dir = train_run(ENSEMBLE_SMALL + ["algo=ppo", "reward.objective=uwo", f"algo.kl_coef={kl_coef}",

@@ -66,6 +66,10 @@ class Claim:
     runs: Callable[[bool], list[RunSpec]]  # quick -> the sweep
     analyze: Callable[[list[RunResult], Path], tuple[Verdict, str]]  # -> verdict, markdown body
     budget: str = ""  # what the full sweep costs on 2 cores
+    # runs executed at once, each in its own spawned process (results stay in sweep order).
+    # Only for sweeps whose runs do not read each other's outputs; the shared caches (SFT,
+    # reward models, sample pools) are safe, since a build holds a file lock the others wait on.
+    workers: int = 1
 
 
 _CLAIMS: dict[str, Claim] = {}
@@ -116,15 +120,44 @@ def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
     return RunResult(spec, run_dir, read_scalars(run_dir), time.time() - start)
 
 
+def execute_numbered(i: int, total: int, spec: RunSpec, runs_dir: Path) -> RunResult:
+    log.info(f"[reproduce] run {i}/{total}: {spec.name} ({' '.join(spec.overrides)})")
+    result = execute(spec, runs_dir)
+    log.info(f"[reproduce] run {i}/{total} {spec.name} done in {result.seconds:.0f}s")
+    return result
+
+
+def _worker_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(processName)s %(message)s")
+
+
+def execute_parallel(specs: list[RunSpec], runs_dir: Path, workers: int) -> list[RunResult]:
+    """The sweep's runs on `workers` spawned processes, handed out in sweep order as workers
+    free up; results in sweep order. A failed run fails the sweep (queued runs are dropped)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_logging) as pool:
+        futures = [pool.submit(execute_numbered, i, len(specs), spec, runs_dir)
+                   for i, spec in enumerate(specs, 1)]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
 def run_claim(name: str, quick: bool, out: Path) -> Verdict:
     claim = get_claim(name)
     out.mkdir(parents=True, exist_ok=True)
     specs = claim.runs(quick)
     log.info(f"[reproduce] {claim.name}{' (quick)' if quick else ''}: {len(specs)} runs -> {out}")
-    results, start = [], time.time()
-    for i, spec in enumerate(specs, 1):
-        log.info(f"[reproduce] run {i}/{len(specs)}: {spec.name} ({' '.join(spec.overrides)})")
-        results.append(execute(spec, out / "runs"))
+    start = time.time()
+    if claim.workers > 1:
+        results = execute_parallel(specs, out / "runs", claim.workers)
+    else:
+        results = [execute_numbered(i, len(specs), spec, out / "runs") for i, spec in enumerate(specs, 1)]
     verdict, body = claim.analyze(results, out)
     minutes = (time.time() - start) / 60
     report = "\n".join([

@@ -11,10 +11,24 @@ and PPO alike): its tail then holds disfluent, repetitive texts that proxies mis
 is the thin-tail condition the spec asks to fix ("if overoptimization does not appear, the
 tail is too thin").
 
-Runs. best-of-n (algo=bon, N=512 per prompt) for each noise level, scoring every sample
+The pool size is the other half of the instrument. With N=512 samples per prompt (n up to
+512) the proxies' errors were only starting to dominate: the single-RM gold (mean of 5 seeds)
+peaked at n=128 and fell 6.9% by n=512 with 25% noise, short of the criterion, while single
+seeds already fell by up to 29%. The spec's toy draws N=1024 per prompt; so does this claim,
+reading every curve out to n=1024.
+
+Precision. At n = N the estimate is the gold of one sample per prompt, so the comparisons
+of criterion 2 (an ensemble against each of 5 seeds) are noisy. The first N=1024 run used 32
+prompts: single-RM drop 14.0%, WCO above every seed, UWO 0.683 against the best seed's 0.712,
+a paired difference of -0.029 +- 0.042 (standard error over prompts), i.e. undecided by the
+data. The prompt count was then doubled to 64 (the criterion unchanged, UWO's lambda kept at
+the paper's 0.5); the report prints the paired differences with their standard errors.
+
+Runs. best-of-n (algo=bon, N=1024 x 64 prompts) for each noise level, scoring every sample
 with all 5 members, so the single-RM curves (each member alone), mean, WCO and UWO come from
-the same samples; and PPO without KL penalty on a single RM (member 0), mean, WCO and UWO,
-for each noise level.
+the same samples. Both noise levels share one cached sample pool (the samples do not depend
+on the reward models), so only the scoring is repeated. PPO without KL penalty on a single
+RM (member 0), mean, WCO and UWO, for each noise level. Two runs go at once (workers=2).
 
 Criteria (spec §3.8, on best-of-n; the single-RM curve is the mean over the 5 seeds):
  1. single-RM gold at the largest n is >= 10% below its own peak, at least with 25% noise;
@@ -35,7 +49,10 @@ from rlhf.reproduce.plots import metric_vs_step
 
 NOISES = (0.0, 0.25)
 OBJECTIVES = ("single", "mean", "wco", "uwo")
-BASE = ["rollout.temperature=1.6", "reward=ensemble", "reward.uwo_lambda=0.5"]
+# threads=1: two runs go at once on the 2 cores (Claim.workers), and a tiny model gains
+# little from a second thread (measured: a PPO phase 1.2 s with 1 thread, 1.4 s with 2).
+BASE = ["rollout.temperature=1.6", "reward=ensemble", "reward.uwo_lambda=0.5", "threads=1"]
+EXTRA_UWO = "uwo_l1"  # UWO with lambda 1, reported beside the criterion's lambda 0.5 (spec §3.8 metrics)
 
 
 def sweep(quick: bool) -> list[RunSpec]:
@@ -46,12 +63,13 @@ def sweep(quick: bool) -> list[RunSpec]:
         noises, objectives = (0.25,), ("single", "wco")
     else:
         data = ["reward.members=5"]
-        bon_budget, ppo_budget = ["algo.n_max=512", "algo.prompts=32"], ["train.steps=50", "eval.every=10"]
+        bon_budget, ppo_budget = ["algo.n_max=1024", "algo.prompts=64"], ["train.steps=50", "eval.every=10"]
         noises, objectives = NOISES, OBJECTIVES
     specs = []
     for noise in noises:
         common = BASE + data + [f"env.label_noise={noise}"]
-        specs.append(RunSpec(f"bon-noise{noise}", "bon", ["algo=bon", *common, *bon_budget], {"noise": noise}))
+        specs.append(RunSpec(f"bon-noise{noise}", "bon", ["algo=bon", "algo.extra_uwo_lambdas=[1.0]", *common,
+                                                          *bon_budget], {"noise": noise}))
         for objective in objectives:
             reward = (["reward.members=1", "reward.objective=mean"] if objective == "single"
                       else [f"reward.objective={objective}"])
@@ -66,9 +84,21 @@ def bon_curves(result: RunResult) -> dict:
     """From bon.json (written by the same run that logged these values to TensorBoard)."""
     data = json.loads((result.run_dir / "bon.json").read_text())
     singles = [c for name, c in data["curves"].items() if name.startswith("single_")]
-    curves = {name: data["curves"][name] for name in ("mean", "wco", "uwo")}
-    curves["single"] = {key: np.mean([c[key] for c in singles], axis=0).tolist() for key in ("gold", "proxy")}
+    curves = {name: data["curves"][name] for name in ("mean", "wco", "uwo", EXTRA_UWO) if name in data["curves"]}
+    curves["single"] = {key: np.mean([c[key] for c in singles], axis=0).tolist()
+                        for key in ("gold", "proxy", "gold_per_prompt")}
     return {"kl": data["kl"], "ns": data["ns"], "curves": curves, "singles": singles}
+
+
+def paired_ends(bon: dict, rule: str) -> list[tuple[float, float]]:
+    """(mean, standard error) over prompts of rule's gold minus each single seed's gold at the
+    largest n: the rules pick from the same samples, so the comparison is paired by prompt."""
+    end = np.array(bon["curves"][rule]["gold_per_prompt"])[:, -1]
+    out = []
+    for seed in bon["singles"]:
+        diff = end - np.array(seed["gold_per_prompt"])[:, -1]
+        out.append((float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))))
+    return out
 
 
 def drop(gold: list[float]) -> float:
@@ -107,13 +137,23 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
         lines += [f"### Best-of-n, label noise {noise} (n up to {bon['ns'][-1]})", "",
                   "| selection | gold at n=1 | peak gold | gold at largest n | peak-to-end drop |",
                   "|---|---|---|---|---|"]
-        for name in OBJECTIVES:
+        for name in (*OBJECTIVES, EXTRA_UWO):
+            if name not in bon["curves"]:
+                continue
+            label = {"single": "single (mean of seeds)", EXTRA_UWO: "uwo, lambda 1 (not in the verdict)"}.get(name, name)
             g = bon["curves"][name]["gold"]
-            lines.append(f"| {name}{' (mean of seeds)' if name == 'single' else ''} | {g[0]:.3f} | {max(g):.3f} | "
-                         f"{g[-1]:.3f} | {drop(g):.3f} |")
+            lines.append(f"| {label} | {g[0]:.3f} | {max(g):.3f} | {g[-1]:.3f} | {drop(g):.3f} |")
         for i, s in enumerate(bon["singles"]):
             lines.append(f"| single seed {i} | {s['gold'][0]:.3f} | {max(s['gold']):.3f} | {s['gold'][-1]:.3f} | "
                          f"{drop(s['gold']):.3f} |")
+        n_prompts = len(bon["curves"]["wco"]["gold_per_prompt"])
+        lines += ["", f"Gold at n={bon['ns'][-1]}, ensemble minus each single seed, paired over the {n_prompts} "
+                  "prompts (mean ± standard error):", "",
+                  "| selection | " + " | ".join(f"− seed {i}" for i in range(len(bon["singles"]))) + " |",
+                  "|---|" + "---|" * len(bon["singles"])]
+        for name in ("mean", "wco", "uwo", EXTRA_UWO):
+            if name in bon["curves"]:
+                lines.append(f"| {name} | " + " | ".join(f"{m:+.3f} ± {se:.3f}" for m, se in paired_ends(bon, name)) + " |")
         lines += ["", f"![gold](bon_gold_noise{noise}.png) ![proxy](bon_proxy_noise{noise}.png)", ""]
 
     ppo_rows = ["| noise | objective | gold at step 0 | peak gold | final gold | drop | final KL | final proxy |",
@@ -156,6 +196,7 @@ register(Claim(
     paper="Coste, Anwar, Kirk, Krueger 2024, Reward Model Ensembles Help Mitigate Overoptimization (arXiv 2310.02743)",
     statement="Conservative ensembles (WCO, UWO) of proxy reward models keep gold reward high where a single "
               "proxy RM is overoptimized (best-of-n and PPO, with and without 25% label noise).",
-    runs=sweep, analyze=analyze,
-    budget="2 best-of-n runs (N=512 x 32 prompts) + 8 PPO runs x 50 phases, ~15-18 min on 2 cores",
+    runs=sweep, analyze=analyze, workers=2,
+    budget="2 best-of-n runs sharing one sample pool (N=1024 x 64 prompts) + 8 PPO runs x 50 phases, two at once, "
+           "~15 min on 2 cores",
 ))
