@@ -34,6 +34,16 @@ def test_upper_envelope_by_hand():
     assert envelope_at(points, [0.4, 0.7, 2.5, 10.0])[1:] == [0.2, 0.6, 0.9]
 
 
+def test_parallel_sweep_fails_with_the_run_error(tmp_path):
+    """Claim.workers > 1: a run that fails in a worker process fails the sweep with its own
+    error, which names the bad value and the valid choices."""
+    from rlhf.reproduce import RunSpec, execute_parallel
+
+    specs = [RunSpec(f"bad-{i}", "x", ["algo=nonexistent"]) for i in range(3)]
+    with pytest.raises(Exception, match=r"(?s)algo/nonexistent.*Available options.*ppo"):
+        execute_parallel(specs, tmp_path / "runs", workers=2)
+
+
 @pytest.mark.slow
 def test_quick_p3o_frontier_writes_report_from_logs(tmp_path):
     out = tmp_path / "p3o"

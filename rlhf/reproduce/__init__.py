@@ -133,7 +133,8 @@ def _worker_logging() -> None:
 
 def execute_parallel(specs: list[RunSpec], runs_dir: Path, workers: int) -> list[RunResult]:
     """The sweep's runs on `workers` spawned processes, handed out in sweep order as workers
-    free up; results in sweep order. A failed run fails the sweep (queued runs are dropped)."""
+    free up; results in sweep order. A failed run fails the sweep with its error (runs not yet
+    handed to a worker are dropped)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
