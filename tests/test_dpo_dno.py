@@ -120,3 +120,51 @@ def test_quick_dno_claim_reports_logged_numbers(tmp_path):
     logged = read_scalars(runs["dno-gold"])["dno/win_rate_vs_initial"]
     row = next(line for line in report.splitlines() if line.startswith("| gold |"))
     assert [float(x) for x in row.strip("|").split("|")[1:]] == pytest.approx([v for _, v in logged], abs=5e-4)
+
+
+def test_dno_mixed_reference_interpolates_log_probs():
+    from rlhf.algos.dno import mixed_reference_logps
+
+    now, initial = torch.tensor([-3.0, -1.0]), torch.tensor([-5.0, -2.0])
+    assert mixed_reference_logps(now, initial, 0.0).tolist() == now.tolist()  # Algorithm 2
+    assert mixed_reference_logps(now, initial, 1.0).tolist() == initial.tolist()
+    assert mixed_reference_logps(now, initial, 0.25).tolist() == pytest.approx([-3.5, -1.25])
+
+
+@pytest.mark.parametrize("tau", ["-0.01", "0.2"])
+def test_dno_ref_mix_tau_outside_zero_to_eta_is_rejected(tau):
+    from rlhf.algos.dno import mixture_weight
+
+    with pytest.raises(ValueError, match=rf"algo.ref_mix_tau={float(tau)} must lie in \[0, algo.eta=0.1\]"):
+        mixture_weight(compose_cfg(["algo=dno", f"algo.ref_mix_tau={tau}"]))
+
+
+def test_dno_regularized_reference_is_wired_into_the_update():
+    """Algorithm 4 with tau = eta makes pi_1 the reference: with pi_1 = pi_t the update equals
+    Algorithm 2's bit for bit; with a different pi_1 it does not."""
+    import random
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from agents.models import frozen_copy
+    from rlhf.algos.dno import contrastive_step
+    from rlhf.preference.data import Pair
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=24, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32))
+
+    gen = random.Random(0)
+    pairs = [Pair([gen.randrange(1, 24) for _ in range(3)], [gen.randrange(1, 24) for _ in range(4)],
+                  [gen.randrange(1, 24) for _ in range(5)]) for _ in range(8)]
+
+    def update(tau, initial):
+        policy = tiny(0)
+        cfg = compose_cfg(["algo=dno", f"algo.ref_mix_tau={tau}", "algo.batch_size=4", "algo.lr=1e-2"])
+        contrastive_step(cfg, policy, pairs, 0, random.Random(0), initial)
+        return torch.cat([p.detach().flatten() for p in policy.parameters()])
+
+    plain = update(0.0, None)
+    assert torch.equal(update(0.1, frozen_copy(tiny(0))), plain)
+    assert not torch.allclose(update(0.1, frozen_copy(tiny(1))), plain)

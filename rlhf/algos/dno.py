@@ -12,7 +12,9 @@ spec algorithms-a.md §2).
          student sample); all such pairs (teacher>student, student>teacher, student>student);
          plus up to 30% / 15% / ... of the new pair count carried over from t-1, t-2, ...;
       4. contrastive step: one epoch of DPO with beta = eta and the reference pi_t (its
-         log-probs recomputed for every pair, carried-over ones included);
+         log-probs recomputed for every pair, carried-over ones included); with
+         algo.ref_mix_tau = tau > 0 (the regularized Algorithm 4) the reference is the
+         geometric mixture pi_t^(1 - tau/eta) * pi_1^(tau/eta) instead;
       5. evaluate pi_{t+1}: exact expected win rate against pi_1 (and the teacher) under P on
          held-out prompts.
     return every iterate; `best_iteration` names the one with the highest held-out win rate.
@@ -204,13 +206,35 @@ def collect_pairs(cfg, runner, tokenizer, oracle, env, seeds, rng) -> tuple[list
                    "dno/student_beats_teacher": student_wins / max(len(pairs), 1)}
 
 
-def contrastive_step(cfg, policy, pairs: list[Pair], pad_id: int, rng: random.Random) -> dict[str, float]:
-    """Step 5: DPO against the reference pi_t (a snapshot of the policy now)."""
+def mixture_weight(cfg) -> float:
+    """tau / eta of Algorithm 4: the weight of pi_1 in the reference (0 = Algorithm 2)."""
+    tau, eta = float(cfg.algo.ref_mix_tau), float(cfg.algo.eta)
+    if not 0.0 <= tau <= eta:
+        raise ValueError(f"algo.ref_mix_tau={tau} must lie in [0, algo.eta={eta}]: the reference "
+                         f"pi_t^(1 - tau/eta) * pi_1^(tau/eta) needs 0 <= tau/eta <= 1 (0 = Algorithm 2)")
+    return tau / eta
+
+
+def mixed_reference_logps(logp_now: torch.Tensor, logp_initial: torch.Tensor, weight: float) -> torch.Tensor:
+    """Sequence log-prob of the geometric mixture pi_t^(1-w) * pi_1^w, up to its normalizer
+    log Z(x): Z depends on the prompt only, so it cancels in the DPO margin of a pair."""
+    return (1.0 - weight) * logp_now + weight * logp_initial
+
+
+def contrastive_step(cfg, policy, pairs: list[Pair], pad_id: int, rng: random.Random,
+                     initial=None) -> dict[str, float]:
+    """Step 5: DPO against the reference pi_t (a snapshot of the policy now), or against its
+    geometric mixture with the initial policy `initial` (Algorithm 4, algo.ref_mix_tau > 0)."""
     if not pairs:
         log.warning("[dno] no pairs this iteration: the policy is unchanged")
         return {}
     ref = frozen_copy(policy)
     ref_chosen, ref_rejected = reference_logps(ref, pairs, pad_id)
+    weight = mixture_weight(cfg)
+    if weight > 0:
+        initial_chosen, initial_rejected = reference_logps(initial, pairs, pad_id)
+        ref_chosen = mixed_reference_logps(ref_chosen, initial_chosen, weight)
+        ref_rejected = mixed_reference_logps(ref_rejected, initial_rejected, weight)
     nll = float(cfg.algo.nll_alpha)
     update_cfg = {"loss": "rpo" if nll > 0 else "dpo", "beta": float(cfg.algo.eta), "label_smoothing": 0.0,
                   "sft_weight": nll, "sft_reduction": "sum", "batch_size": int(cfg.algo.batch_size),
@@ -235,6 +259,7 @@ def train(cfg, run_dir: Path) -> dict:
                          f"{len(env.prompts)} train prompts: partitions must not overlap")
     torch.manual_seed(int(cfg.seed))
     policy = load_lm(policy_dir)
+    pi_1 = frozen_copy(policy) if mixture_weight(cfg) > 0 else None  # Algorithm 4's anchor
     initial, names = heldout_features(cfg, policy, tokenizer, oracle)
     teacher = teacher_features(cfg, oracle)
     state = {"iteration": 0, "history": [], "rng": random.Random(int(cfg.seed)), "results": []}
@@ -251,7 +276,7 @@ def train(cfg, run_dir: Path) -> dict:
         pairs, metrics = collect_pairs(cfg, runner, tokenizer, oracle, env, seeds, state["rng"])
         old = carried_pairs(state["history"], len(pairs), float(cfg.algo.old_pair_fraction),
                             float(cfg.algo.old_pair_decay), state["rng"])
-        metrics.update(contrastive_step(cfg, policy, pairs + old, tokenizer.pad_token_id, state["rng"]))
+        metrics.update(contrastive_step(cfg, policy, pairs + old, tokenizer.pad_token_id, state["rng"], pi_1))
         feats, texts = heldout_features(cfg, policy, tokenizer, oracle)
         metrics.update(iterate_metrics(oracle, feats, texts, initial, teacher))
         metrics["dno/carried_pairs"] = float(len(old))
