@@ -44,6 +44,32 @@ def test_parallel_sweep_fails_with_the_run_error(tmp_path):
         execute_parallel(specs, tmp_path / "runs", workers=2)
 
 
+def record_interval(i, total, spec, runs_dir):
+    """A stand-in run for the parallel scheduler test: sleeps and records when it ran."""
+    import time
+
+    from rlhf.reproduce import RunResult
+
+    start = time.time()
+    time.sleep(0.6)
+    (runs_dir / f"{spec.name}.json").write_text(json.dumps([start, time.time()]))
+    return RunResult(spec, runs_dir, {}, time.time() - start)
+
+
+def test_parallel_sweep_starts_an_evaluation_after_its_run(tmp_path):
+    from rlhf.reproduce import RunSpec, execute_parallel
+
+    specs = [RunSpec("train-a", "x", []), RunSpec("eval-a", "x", [], evaluate="train-a"),
+             RunSpec("train-b", "x", []), RunSpec("train-c", "x", [])]
+    results = execute_parallel(specs, tmp_path, workers=2, execute_one=record_interval)
+    assert [r.spec.name for r in results] == ["train-a", "eval-a", "train-b", "train-c"]
+    when = {s.name: json.loads((tmp_path / f"{s.name}.json").read_text()) for s in specs}
+    assert when["eval-a"][0] >= when["train-a"][1]  # the evaluation waited for its run
+    assert when["train-b"][0] < when["train-a"][1]  # ...while another run used the second worker
+    with pytest.raises(ValueError, match=r"not in the sweep: \['missing'\]"):
+        execute_parallel([RunSpec("e", "x", [], evaluate="missing")], tmp_path, 2, record_interval)
+
+
 @pytest.mark.slow
 def test_quick_p3o_frontier_writes_report_from_logs(tmp_path):
     out = tmp_path / "p3o"

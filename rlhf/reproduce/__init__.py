@@ -131,22 +131,36 @@ def _worker_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(processName)s %(message)s")
 
 
-def execute_parallel(specs: list[RunSpec], runs_dir: Path, workers: int) -> list[RunResult]:
-    """The sweep's runs on `workers` spawned processes, handed out in sweep order as workers
-    free up; results in sweep order. A failed run fails the sweep with its error (runs not yet
-    handed to a worker are dropped)."""
+def execute_parallel(specs: list[RunSpec], runs_dir: Path, workers: int,
+                     execute_one: Callable[[int, int, RunSpec, Path], RunResult] | None = None) -> list[RunResult]:
+    """The sweep's runs on `workers` spawned processes; results in sweep order. A run is handed
+    out, in sweep order, once the run it evaluates (RunSpec.evaluate) has finished. A failed run
+    fails the sweep with its error (runs not yet handed to a worker are dropped). `execute_one`
+    (a module-level function, for the spawned workers to import) replaces execute_numbered."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    waiting, running, finished, results = list(enumerate(specs, 1)), {}, set(), {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_logging) as pool:
-        futures = [pool.submit(execute_numbered, i, len(specs), spec, runs_dir)
-                   for i, spec in enumerate(specs, 1)]
         try:
-            return [future.result() for future in futures]
+            while waiting or running:
+                ready = [(i, spec) for i, spec in waiting if spec.evaluate is None or spec.evaluate in finished]
+                for i, spec in ready:
+                    running[pool.submit(execute_one or execute_numbered, i, len(specs), spec, runs_dir)] = (i, spec)
+                    waiting.remove((i, spec))
+                if not running:
+                    missing = sorted({spec.evaluate for _, spec in waiting})
+                    raise ValueError(f"runs evaluate runs that are not in the sweep: {missing}")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i, spec = running.pop(future)
+                    results[i] = future.result()
+                    finished.add(spec.name)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+    return [results[i] for i in sorted(results)]
 
 
 def run_claim(name: str, quick: bool, out: Path) -> Verdict:
