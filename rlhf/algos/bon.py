@@ -24,9 +24,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from agents.models import load_lm, load_tokenizer
-from agents.warmstart import pad_right, warm_start_policy
+from agents.warmstart import warm_start_policy
 from envs import base as env_base
-from rlhf.algos.rm import env_kwargs
+from rlhf.algos.rm import env_kwargs, score_sequences
 from rlhf.cache import cached, source_digest
 from rlhf.evaluate import EVAL_SEED_OFFSET, save_eval
 from rlhf.functional import ENSEMBLE_OBJECTIVES, best_of_n_expectation, best_of_n_kl, ensemble_objective
@@ -73,18 +73,10 @@ def sample_pool(cfg, policy_dir: Path) -> tuple[np.ndarray, list[list[list[int]]
     return np.asarray(pool["gold"]), pool["sequences"]
 
 
-@torch.no_grad()
-def member_scores(ensemble, sequences: list[list[list[int]]], pad_id: int, chunk: int = 512) -> np.ndarray:
-    """[k, P, N]: every member's (normalized) score of every sample. Samples are scored in
-    chunks of similar length (sorted by length), since padding every batch to the longest of
-    a prompt's N samples doubled the scoring time (mean length 30 tokens, max 63)."""
+def member_scores(ensemble, sequences: list[list[list[int]]], pad_id: int) -> np.ndarray:
+    """[k, P, N]: every member's (normalized) score of every sample."""
     flat = [seq for prompt_samples in sequences for seq in prompt_samples]
-    order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
-    scores = np.zeros((len(ensemble.members), len(flat)))
-    for begin in range(0, len(order), chunk):
-        rows = order[begin:begin + chunk]
-        ids, mask = pad_right([flat[i] for i in rows], pad_id)
-        scores[:, rows] = ensemble.member_scores(ids, mask).numpy()
+    scores = score_sequences(ensemble.member_scores, flat, pad_id, chunk=512).numpy().astype(np.float64)
     return scores.reshape(len(ensemble.members), len(sequences), -1)
 
 

@@ -249,6 +249,7 @@ def contrastive_step(cfg, policy, pairs: list[Pair], pad_id: int, rng: random.Ra
 # --- entry points ----------------------------------------------------------------------------------
 
 def train(cfg, run_dir: Path) -> dict:
+    anchored = mixture_weight(cfg) > 0  # checks algo.ref_mix_tau before the warm start's minutes
     env = env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg))
     policy_dir = warm_start_policy(cfg, env, log.info)
     tokenizer = load_tokenizer(policy_dir)
@@ -259,7 +260,7 @@ def train(cfg, run_dir: Path) -> dict:
                          f"{len(env.prompts)} train prompts: partitions must not overlap")
     torch.manual_seed(int(cfg.seed))
     policy = load_lm(policy_dir)
-    pi_1 = frozen_copy(policy) if mixture_weight(cfg) > 0 else None  # Algorithm 4's anchor
+    pi_1 = frozen_copy(policy) if anchored else None  # Algorithm 4's anchor
     initial, names = heldout_features(cfg, policy, tokenizer, oracle)
     teacher = teacher_features(cfg, oracle)
     state = {"iteration": 0, "history": [], "rng": random.Random(int(cfg.seed)), "results": []}

@@ -105,19 +105,29 @@ def train_bradley_terry(model: ValueModel, labelled, rm_cfg, pad_id: int, seed: 
 
 
 @torch.no_grad()
-def score_sequences(model: ValueModel, sequences: list[list[int]], pad_id: int, chunk: int = 256) -> torch.Tensor:
-    out = []
-    for begin in range(0, len(sequences), chunk):
-        ids, mask = pad_right(sequences[begin:begin + chunk], pad_id)
-        out.append(model.score(ids, mask))
-    return torch.cat(out) if out else torch.zeros(0)
+def score_sequences(score, sequences: list[list[int]], pad_id: int, chunk: int = 256) -> torch.Tensor:
+    """score(input_ids, attention_mask) -> [..., B] (one reward model's `score`, or an
+    ensemble's `member_scores`) for every sequence, in input order. Chunks hold sequences of
+    similar length (sorted by length): padding every chunk to its longest member doubled the
+    scoring time of best-of-n pools (mean length 30 tokens, max 63)."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    parts = []
+    for begin in range(0, len(order), chunk):
+        ids, mask = pad_right([sequences[i] for i in order[begin:begin + chunk]], pad_id)
+        parts.append(score(ids, mask))
+    if not parts:
+        return torch.zeros(0)
+    by_length = torch.cat(parts, dim=-1)
+    scores = torch.empty_like(by_length)
+    scores[..., order] = by_length
+    return scores
 
 
 def validation_metrics(model: ValueModel, pairs: list[dict], pad_id: int) -> dict[str, float]:
     """Accuracy against noiseless gold labels and correlation of scores with gold."""
     seqs = [ids for p in pairs for ids in p["ids"]]
     gold = np.array([g for p in pairs for g in p["gold"]])
-    scores = score_sequences(model, seqs, pad_id).numpy()
+    scores = score_sequences(model.score, seqs, pad_id).numpy()
     s0, s1, g0, g1 = scores[::2], scores[1::2], gold[::2], gold[1::2]
     decided = g0 != g1
     accuracy = float(np.mean((s0 > s1)[decided] == (g0 > g1)[decided])) if decided.any() else float("nan")
@@ -167,7 +177,7 @@ def reward_model_dir(cfg, policy_dir: Path, log=print, seed: int | None = None) 
         model = ValueModel.from_lm(lm) if cfg.reward.init == "policy" else ValueModel(AutoModel.from_config(lm.config))
         train_bradley_terry(model, data["train"], cfg.reward, tokenizer.pad_token_id, seed, log)
         metrics = validation_metrics(model, data["validation"], tokenizer.pad_token_id)
-        train_scores = score_sequences(model, [ids for p in data["train_pairs"] for ids in p["ids"]],
+        train_scores = score_sequences(model.score, [ids for p in data["train_pairs"] for ids in p["ids"]],
                                        tokenizer.pad_token_id)
         metrics.update({"rm/train_pairs": len(data["train"]), "rm/score_mean": float(train_scores.mean()),
                         "rm/score_std": float(train_scores.std())})
