@@ -1,17 +1,8 @@
-"""Reward sources: what an algorithm optimizes, selected by the `reward` config group.
-
-A source turns finished episodes into the optimization reward of each turn, placed on the
-turn's last generated token (`[B, L]`, zeros elsewhere), plus metrics to log.
-
-* `gold`: a named component of the environment's own reward (the gold scorer on env=text).
-* `rm` / `ensemble`: k >= 1 proxy reward models (rlhf.algos.rm) scoring each whole
-  episode's token ids, each normalized so that SFT samples have mean 0 and std 1
-  (reward.normalize), combined by reward.objective (mean | wco | uwo, Coste et al.). A
-  single RM is the ensemble with one member.
-* `composite`: named component scorers of the text (envs.composite, Moskovitz et al.),
-  summed with fixed weights, or, for algorithms that constrain each component
-  (`vector_reward = True`), returned one column per component (`[B, L, N]`).
-"""
+"""Reward models as judges: an ensemble of k >= 1 proxy reward models (Bradley-Terry trained,
+rlhf.reward_models) over one tokenized batch, each normalized so that SFT samples have mean 0
+and std 1, combined by an objective: mean, wco (worst case) or uwo (uncertainty weighted),
+Coste et al. 2024 (Section 3). The reward *sources* that turn episodes into per-token rewards
+for training live in rlhf.rewards."""
 from __future__ import annotations
 
 import copy
@@ -21,55 +12,25 @@ from pathlib import Path
 import torch
 
 from agents.models import ValueModel
-from rlhf.functional import ensemble_objective
-from rlhf.rollout.batch import Batch
-from rlhf.rollout.runner import Episode
+
+ENSEMBLE_OBJECTIVES = ("mean", "wco", "uwo")
 
 
-def place_on_last_turn(episodes: list[Episode], batch: Batch, scores: torch.Tensor) -> torch.Tensor:
-    rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-    last_turn_end = torch.tensor([ep.turn_ends[-1] for ep in episodes])
-    rewards[torch.arange(len(episodes)), last_turn_end] = scores
-    return rewards
+def ensemble_objective(member_scores: torch.Tensor, objective: str, uwo_lambda: float = 0.5) -> torch.Tensor:
+    """Combine [k, B] member scores into one reward per sample.
 
-
-class GoldReward:
-    def __init__(self, component: str):
-        self.component = component
-
-    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        for i, ep in enumerate(episodes):
-            for end, r in zip(ep.turn_ends, ep.rewards):
-                rewards[i, end] = r[self.component] if isinstance(r, dict) else float(r)
-        return rewards, {}
-
-
-class CompositeReward:
-    """Component scores of the whole response (every turn's text joined), on the last turn.
-
-    Metrics: each component, the text's quality and the hidden evaluation score of the
-    rollout's samples, under `composite/` (what rlhf.proxy_points reads back)."""
-
-    def __init__(self, reward_cfg, vector: bool = False):
-        from envs.composite import COMPONENTS, CompositeScorer
-
-        self.scorer = CompositeScorer.from_config(reward_cfg)
-        self.names = COMPONENTS
-        self.weights = torch.tensor([float(w) for w in reward_cfg.weights], dtype=torch.float32)
-        if len(self.weights) != len(self.names):
-            raise ValueError(f"reward.weights needs one weight per component {list(self.names)}, "
-                             f"got {list(reward_cfg.weights)}")
-        self.vector = vector
-
-    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        scored = [self.scorer.score("".join(ep.action_texts)) for ep in episodes]
-        table = torch.tensor([[s[name] for name in self.names] for s in scored], dtype=torch.float32)  # [B, N]
-        metrics = {f"composite/{key}": float(sum(s[key] for s in scored) / len(scored)) for key in scored[0]}
-        if not self.vector:
-            return place_on_last_turn(episodes, batch, table @ self.weights), metrics
-        columns = [place_on_last_turn(episodes, batch, table[:, i]) for i in range(len(self.names))]
-        return torch.stack(columns, dim=-1), metrics
+    mean: average over members;  wco (worst-case): minimum over members;
+    uwo (uncertainty-weighted): mean - lambda * variance over members (population variance)."""
+    k = member_scores.shape[0]
+    if objective not in ENSEMBLE_OBJECTIVES:
+        raise ValueError(f"ensemble objective '{objective}' unknown; valid choices: {', '.join(ENSEMBLE_OBJECTIVES)}")
+    if objective in ("wco", "uwo") and k < 2:
+        raise ValueError(f"objective '{objective}' needs an ensemble of at least 2 members, got {k}")
+    if objective == "mean":
+        return member_scores.mean(0)
+    if objective == "wco":
+        return member_scores.min(0).values
+    return member_scores.mean(0) - uwo_lambda * member_scores.var(0, unbiased=False)
 
 
 class RewardModelEnsemble:
@@ -119,14 +80,6 @@ class RewardModelEnsemble:
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return ensemble_objective(self.member_scores(input_ids, attention_mask), self.objective, self.uwo_lambda)
-
-    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        members = self.member_scores(batch.input_ids, batch.attention_mask)
-        scores = ensemble_objective(members, self.objective, self.uwo_lambda)
-        metrics = {"ensemble/mean": float(members.mean()),
-                   "ensemble/min": float(members.min(0).values.mean()),
-                   "ensemble/std": float(members.std(0, unbiased=False).mean())}
-        return place_on_last_turn(episodes, batch, scores), metrics
 
 
 class _ScoreOnly(torch.nn.Module):

@@ -31,13 +31,13 @@ VARIANTS = {
 def sft_metrics(extra: list[str]) -> dict:
     """The held-out evaluation of the SFT policy every variant starts from."""
     from agents.models import frozen_copy, load_lm, load_tokenizer
-    from agents.warmstart import warm_start_policy
+    from rlhf.warmstart import warm_start_policy
     from envs import base as env_base
-    from rlhf.algos.rm import env_kwargs
-    from rlhf.evaluate import evaluate_policy
+    from envs.base import env_settings
+    from rlhf.evaluation import evaluate_policy
 
     cfg = compose(["algo=dpo", "eval.prompts=144", *extra])
-    policy_dir = warm_start_policy(cfg, env_base.make("text", split="train", **env_kwargs(cfg)))
+    policy_dir = warm_start_policy(cfg, env_base.make("text", split="train", **env_settings(cfg.env)))
     policy = load_lm(policy_dir)
     m = evaluate_policy(cfg, policy, frozen_copy(policy), load_tokenizer(policy_dir))
     return {"gold": m["gold"], "kl": m["kl"], "length": m["response_length"], "distinct_2": m["distinct_2"], "seconds": 0.0}

@@ -64,6 +64,17 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def env_settings(env_cfg) -> dict[str, Any]:
+    """An env config section minus what selects the env (its name and kind): the keyword
+    arguments of its constructor."""
+    return {k: v for k, v in env_cfg.items() if k not in ("name", "kind")}
+
+
+class EnvConfigError(ValueError):
+    """A bad environment setting, found before any work started (the CLI prints it as a
+    config error and exits with status 2)."""
+
+
 def make(name: str, **kwargs) -> TextEnv:
     _import_builtin_envs()
     if name not in _REGISTRY:

@@ -33,9 +33,11 @@ Reward components (a dict per round; sums over the episode are logged as env/gam
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from envs.base import TextEnv, register
@@ -388,11 +390,10 @@ class RepeatedGameEnv(TextEnv):
         return pairs
 
     def fingerprint(self) -> dict[str, Any]:
-        from rlhf.cache import source_digest
-
+        source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
         return {"name": self.name, "rounds": self.rounds, "labels": list(self.labels),
                 "randomize_labels": self.randomize_labels, "label_pool": list(self.label_pool),
-                "payoff_format": self.payoff_format, "source": source_digest(["envs.games"])}
+                "payoff_format": self.payoff_format, "source": source}
 
 
 DEMO_OPPONENTS = ("TitForTat", "Grudger", "Alternator", "Defector", "Cooperator", "Random", "SuspiciousTitForTat",

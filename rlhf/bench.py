@@ -364,18 +364,18 @@ def main(argv=None) -> dict:
 
 
 def warm_start(cfg) -> Path:
-    from agents.warmstart import warm_start_policy
+    from rlhf.warmstart import warm_start_policy
     from envs import base as env_base
-    from rlhf.algos.rm import env_kwargs
+    from envs.base import env_settings
 
-    return warm_start_policy(cfg, env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg)), print)
+    return warm_start_policy(cfg, env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env)), print)
 
 
 def training_prompts_from(cfg, n: int) -> list[str]:
     from envs import base as env_base
-    from rlhf.algos.rm import env_kwargs
+    from envs.base import env_settings
 
-    env = env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg))
+    env = env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env))
     return [env.reset(int(cfg.seed) * 1_000_000_007 + i) for i in range(n)]
 
 

@@ -77,21 +77,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if (path / STATE).exists() else None
 
 
-def resolve_resume(resume: Any, run_dir: Path, runs_root: Path) -> Path:
+def resolve_resume(resume: Any, run_dir: Path) -> Path:
     """`train.resume` -> checkpoint directory.
 
-    true/"latest": the newest checkpoint of this run directory, else of the most recently
-    modified run under runs_root that has one. A path: a checkpoint directory, or a run
-    directory (its latest checkpoint)."""
+    true/"latest": the newest checkpoint of `run_dir` itself (never a search elsewhere: a
+    typo must not resume another run). A path: a checkpoint directory, or a run directory
+    (its newest checkpoint)."""
     if resume is True or str(resume).lower() in ("true", "latest"):
         found = latest_checkpoint(run_dir)
-        if found:
-            return found
-        runs = sorted((p for p in Path(runs_root).glob("*") if latest_checkpoint(p)),
-                      key=lambda p: (Path(p) / CHECKPOINTS / LATEST).stat().st_mtime)
-        if not runs:
-            raise FileNotFoundError(f"train.resume={resume}: no checkpoint in {run_dir} or under {runs_root}/")
-        return latest_checkpoint(runs[-1])
+        if found is None:
+            raise FileNotFoundError(f"train.resume={resume}: the run directory {run_dir} has no checkpoint "
+                                    f"(expected {Path(run_dir) / CHECKPOINTS / LATEST}); to continue another run "
+                                    "give its directory: train.resume=<run dir>")
+        return found
     path = Path(str(resume)).expanduser()
     if (path / STATE).exists():
         return path

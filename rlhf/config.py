@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 import configs
+from envs.base import EnvConfigError
 
 CONFIG_DIR = str(Path(configs.__file__).parent)
 GROUPS = ("algo", "env", "model", "reward", "rollout", "launcher", "decoding")
@@ -78,6 +79,11 @@ class ConfigError(ValueError):
     """A bad value, key or combination, found before any work started."""
 
 
+# What the CLI reports as a config error (exit status 2): ours, and the environments' own
+# (envs/ do not import rlhf/, so they raise their own type).
+CONFIG_ERRORS = (ConfigError, EnvConfigError)
+
+
 def check_override_keys(cfg: DictConfig, overrides: list[str]) -> None:
     """Every `key=value` override must name an existing key (Hydra's struct error does not
     say which keys exist); `+key=value` adds keys deliberately and is left alone."""
@@ -103,7 +109,7 @@ _MISSING = object()
 
 
 def validate(cfg: DictConfig) -> None:
-    from rlhf.algos import algo_names, env_kinds
+    from rlhf.algos import algo_names, algorithm_class, env_kinds
 
     _check_choice("algo.name", cfg.algo.name, algo_names())
     kinds = env_kinds(str(cfg.algo.name))
@@ -124,6 +130,9 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and not 0.0 <= float(value) <= 1.0:
             raise ConfigError(f"{key}={value!r} must lie in [0, 1]")
     _check_combinations(cfg)
+    check = getattr(algorithm_class(str(cfg.algo.name)), "check", None)
+    if check is not None:  # the algorithm's own settings, checked next to its code
+        check(cfg)
 
 
 def _check_choice(key: str, value, choices) -> None:
@@ -146,9 +155,6 @@ def _check_combinations(cfg: DictConfig) -> None:
     if cfg.algo.name == "p3o" and int(cfg.algo.samples_per_prompt) != 2:
         raise ConfigError(f"algo=p3o pairs two responses per prompt: algo.samples_per_prompt must be 2, "
                           f"got {cfg.algo.samples_per_prompt}")
-    if cfg.algo.name in ("rm", "bon") and cfg.reward.name not in ("rm", "ensemble"):
-        raise ConfigError(f"algo={cfg.algo.name} needs proxy reward models; got reward={cfg.reward.name} "
-                          f"(valid choices for algo={cfg.algo.name}: reward=rm, reward=ensemble)")
     if cfg.env.name == "games" and cfg.reward.name != "gold":
         raise ConfigError(f"env=games is scored by its own payoffs: use reward=gold (got reward={cfg.reward.name})")
     if cfg.env.name == "games" and int(cfg.env.max_turns) != int(cfg.env.rounds):

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agents.models import position_ids_from_mask  # noqa: F401  (shared math defined beside its users)
+from agents.rewards import ENSEMBLE_OBJECTIVES, ensemble_objective  # noqa: F401
+
 # ---------------------------------------------------------------------------------------
 # masked statistics
 
@@ -56,11 +59,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
 
 # ---------------------------------------------------------------------------------------
 # log-probabilities
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip padding: cumsum(mask) - 1, clamped at 0 (left or right padding)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
@@ -202,26 +200,6 @@ def clipped_surrogate(signal: torch.Tensor, value: torch.Tensor, old_value: torc
 
 # ---------------------------------------------------------------------------------------
 # reward-model ensembles and best-of-n (Coste et al. 2024, spec algorithms-b.md §3)
-
-ENSEMBLE_OBJECTIVES = ("mean", "wco", "uwo")
-
-
-def ensemble_objective(member_scores: torch.Tensor, objective: str, uwo_lambda: float = 0.5) -> torch.Tensor:
-    """Combine [k, B] member scores into one reward per sample.
-
-    mean: average over members;  wco (worst-case): minimum over members;
-    uwo (uncertainty-weighted): mean - lambda * variance over members (population variance)."""
-    k = member_scores.shape[0]
-    if objective not in ENSEMBLE_OBJECTIVES:
-        raise ValueError(f"ensemble objective '{objective}' unknown; valid choices: {', '.join(ENSEMBLE_OBJECTIVES)}")
-    if objective in ("wco", "uwo") and k < 2:
-        raise ValueError(f"objective '{objective}' needs an ensemble of at least 2 members, got {k}")
-    if objective == "mean":
-        return member_scores.mean(0)
-    if objective == "wco":
-        return member_scores.min(0).values
-    return member_scores.mean(0) - uwo_lambda * member_scores.var(0, unbiased=False)
-
 
 def best_of_n_kl(n: int) -> float:
     """Analytic KL(best-of-n policy || base policy) = log n - (n - 1) / n (Stiennon et al.)."""

@@ -308,7 +308,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path, state: dict, run_dir: Path) -> di
     training opponents) plus the behavioural evaluation of the checkpoint and, with
     env.eval_baseline, of its warm start."""
     from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
-    from rlhf.evaluate import evaluate_policy
+    from rlhf.evaluation import evaluate_policy
 
     policy_dir = Path(state["policy_dir"])
     tokenizer = load_tokenizer(checkpoint / "hf")
@@ -331,7 +331,7 @@ def load_rival(path: str, policy_dir: Path):
     from agents.models import apply_lora, load_lm
     from rlhf import checkpoint as ckpt
 
-    checkpoint = ckpt.resolve_resume(path, Path(path), Path(path).parent)
+    checkpoint = ckpt.resolve_resume(path, Path(path))
     state = torch.load(checkpoint / ckpt.STATE, weights_only=False)
     if Path(state["policy_dir"]) != policy_dir:
         raise ValueError(f"env.eval_rivals: {path} starts from {state['policy_dir']}, not from this run's warm start "

@@ -17,23 +17,30 @@ CONSOLE_KEYS = [("objective/scores", "score"), ("objective/gold", "gold"), ("obj
 
 
 class Logger:
-    def __init__(self, run_dir: Path, total_steps: int, every: int, first_step: int = 1):
-        # purge_step drops events a crashed run wrote after its last checkpoint.
-        self.writer = SummaryWriter(str(run_dir), purge_step=first_step if first_step > 1 else None)
-        self.total, self.every, self.first = total_steps, max(1, every), first_step
+    def __init__(self, run_dir: Path, total_steps: int, every: int, first_step: int = 1, unit: str = "step",
+                 purge_x: int | None = None):
+        # purge_step drops events a crashed run wrote after its last checkpoint (x of its first
+        # step when scalars are logged against another axis, e.g. environment steps).
+        purge = purge_x if purge_x is not None else first_step
+        self.writer = SummaryWriter(str(run_dir), purge_step=purge if first_step > 1 else None)
+        self.total, self.every, self.first, self.unit = total_steps, max(1, every), first_step, unit
         self.start = time.time()
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.writer.add_scalar(key, value, step)
+    def log(self, step: int, metrics: dict[str, float], x: int | None = None) -> None:
+        """Scalars of step `step` at TensorBoard step `x` (default: `step`); progress line."""
+        self.scalars("", metrics, step if x is None else x)
         if step % self.every == 0 or step == self.total or step == self.first:
             self.console(step, metrics)
+
+    def scalars(self, prefix: str, metrics: dict[str, float], x: int) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(prefix + key, value, x)
 
     def console(self, step: int, metrics: dict[str, float]) -> None:
         done = step - self.first + 1
         elapsed = time.time() - self.start
         eta = elapsed / done * (self.total - step)
-        parts = [f"step {step}/{self.total}"]
+        parts = [f"{self.unit} {step}/{self.total}"]
         parts += [f"{short} {metrics[key]:.4g}" for key, short in CONSOLE_KEYS if key in metrics]
         parts.append(f"{elapsed / done:.2f}s/step eta {eta / 60:.1f}m")
         log.info(" | ".join(parts))

@@ -12,70 +12,38 @@ checkpoint, for every RL algorithm on every text environment.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from omegaconf import OmegaConf
 
 from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
-from agents.rewards import CompositeReward, GoldReward, RewardModelEnsemble
-from agents.warmstart import warm_start_policy
 from envs import base as env_base
-from rlhf import checkpoint as ckpt
-from rlhf.algos import RL_ALGOS
-from rlhf.algos.rm import env_kwargs, reward_model_dirs
-from rlhf.evaluate import evaluate_policy, save_eval
+from envs.base import env_settings
+from rlhf.algos import algorithm_class
+from rlhf.evaluation import evaluate_policy
+from rlhf.harness import Job, seed_everything
+from rlhf.harness import run as run_job
 from rlhf.launch import make_rollout
-from rlhf.logger import Logger
+from rlhf.rewards import EnsembleReward, build_reward_source
 from rlhf.rollout.batch import collate
 from rlhf.rollout.engine import HFEngine, build_sync_probe, check_weight_sync
 from rlhf.rollout.guidance import decoding_processors
+from rlhf.warmstart import warm_start_policy
 
 log = logging.getLogger("rlhf")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+class Trainer(Job):
+    """The shared loop as a harness job: one step = one rollout/update phase."""
 
+    unit = "step"
 
-def build_reward_source(cfg, policy_dir: Path, vector: bool = False):
-    """(reward source, a reward model or None) for the `reward` config group; `vector`:
-    the algorithm wants one reward column per component (composite reward only)."""
-    if cfg.reward.name == "gold":
-        return GoldReward(str(cfg.reward.component)), None
-    if cfg.reward.name == "composite":
-        return CompositeReward(cfg.reward, vector=vector), None
-    source = reward_model_ensemble(cfg, policy_dir)
-    return source, source.model
-
-
-def reward_model_ensemble(cfg, policy_dir: Path) -> RewardModelEnsemble:
-    r = cfg.reward
-    return RewardModelEnsemble(reward_model_dirs(cfg, policy_dir, log.info), bool(r.normalize), str(r.objective),
-                               float(r.uwo_lambda), str(r.member_pass))
-
-
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-class Trainer:
     def __init__(self, cfg, run_dir: Path):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        super().__init__(cfg, run_dir)
         seed_everything(int(cfg.seed))
         self.env_name = str(cfg.env.name)
-        probe_env = env_base.make(self.env_name, split="train", **env_kwargs(cfg))
+        probe_env = env_base.make(self.env_name, split="train", **env_settings(cfg.env))
         self.policy_dir = warm_start_policy(cfg, probe_env, log.info)
         self.tokenizer = load_tokenizer(self.policy_dir)
         policy = load_lm(self.policy_dir)
@@ -83,7 +51,7 @@ class Trainer:
         if int(cfg.model.lora.rank) > 0:
             policy = apply_lora(policy, cfg.model.lora)
         self.policy = policy
-        algo_cls = RL_ALGOS[cfg.algo.name]
+        algo_cls = algorithm_class(str(cfg.algo.name))
         self.reward, reward_model = build_reward_source(cfg, self.policy_dir, getattr(algo_cls, "vector_reward", False))
         self.algo = algo_cls(cfg, policy, self.ref, self.tokenizer, reward_model=reward_model)
         self.num_episodes = int(cfg.train.prompts_per_step) * self.algo.samples_per_prompt
@@ -91,12 +59,10 @@ class Trainer:
         self.rollout = make_rollout(cfg, policy, self.tokenizer, self.policy_dir, self.num_episodes)
         self.sync_probe = self.build_sync_probe(probe_env)
         self.sync_gap = self.check_sync()  # the engine must start from the policy's weights too
-        self.step, self.prompt_counter = 0, 0
+        self.prompt_counter = 0
         # Building warm starts consumes random numbers only when they are not cached yet:
         # seed again so a run does not depend on what the cache held.
         seed_everything(int(cfg.seed))
-        if cfg.train.resume:
-            self.restore(ckpt.resolve_resume(cfg.train.resume, self.run_dir, self.run_dir.parent))
 
     # --- checked weight sync (peers.md §6.1) -------------------------------------------------
     def build_sync_probe(self, env):
@@ -141,7 +107,7 @@ class Trainer:
         t1 = time.time()
         metrics.update(self.algo.step(batch, turn_rewards))
         t_train = time.time() - t1
-        sync_gap = self.sync_rollout(version=self.step + 1)
+        sync_gap = self.sync_rollout(version=self.steps_done + 1)
         t_sync = time.time() - t1 - t_train
         generated = int(batch.action_mask.sum())
         metrics.update({
@@ -170,67 +136,41 @@ class Trainer:
             out[f"env/{self.env_name}/return"] = float(np.mean([ep.env_reward("return") for ep in episodes]))
         return out
 
-    # --- the loop --------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
-        cfg = self.cfg
-        total = int(cfg.train.steps)
-        logger = Logger(self.run_dir, total, int(cfg.train.log_every), first_step=self.step + 1)
-        log.info(f"[train] {cfg.algo.name} on env={self.env_name}, reward={cfg.reward.name}: "
-                 f"{total} phases x {self.num_episodes} episodes; run dir {self.run_dir}")
-        metrics: dict[str, float] = {}
-        every = int(cfg.eval.every)
-        try:
-            if every and self.step == 0:  # the reference point every KL-reward curve starts from
-                self.log_eval(logger, self.evaluate())
-            while self.step < total:
-                metrics = self.train_step()
-                self.step += 1
-                logger.log(self.step, metrics)
-                if every and self.step % every == 0 and self.step < total:
-                    self.log_eval(logger, self.evaluate())
-                if self.step == total or (int(cfg.train.checkpoint_every) and self.step % int(cfg.train.checkpoint_every) == 0):
-                    self.save()
-            final_eval = self.evaluate()
-            self.log_eval(logger, final_eval)
-            save_eval(self.run_dir, self.step, final_eval)
-            log.info("[eval] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in final_eval.items()))
-        finally:
-            logger.close()
-            self.rollout.close()
-        return metrics
+    # --- what the harness calls ------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        return self.train_step()
 
-    def log_eval(self, logger: Logger, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            logger.writer.add_scalar(f"eval/{key}", value, self.step)
+    def fit(self) -> dict[str, float]:
+        """Run to train.steps phases in the harness (resume, logging, checkpoints, evaluation)."""
+        return run_job(self)
+
+    def describe(self) -> str:
+        return (f"{self.cfg.algo.name} on env={self.env_name}, reward={self.cfg.reward.name}: "
+                f"{self.total} phases x {self.num_episodes} episodes")
+
+    def close(self) -> None:
+        self.rollout.close()
 
     def evaluate(self) -> dict[str, float]:
-        reward_model = self.reward if isinstance(self.reward, RewardModelEnsemble) else None
+        reward_model = self.reward.ensemble if isinstance(self.reward, EnsembleReward) else None
         processors = self.algo.eval_processors() or decoding_processors(self.cfg.decoding)
-        return evaluate_policy(self.cfg, self.policy, self.ref, self.tokenizer, reward_model, processors)
+        engine = getattr(self.rollout, "engine", None)  # launcher=local: the engine that holds the policy's weights
+        return evaluate_policy(self.cfg, self.policy, self.ref, self.tokenizer, reward_model, processors, engine)
 
-    # --- checkpoints -----------------------------------------------------------------------
-    def save(self) -> Path:
-        state = {"step": self.step, "prompt_counter": self.prompt_counter, "rng": rng_state(),
-                 "algo": self.algo.state_dict(), "engine_version": self.rollout.version,
-                 "policy_dir": str(self.policy_dir), "config": OmegaConf.to_container(self.cfg, resolve=True)}
-        path = ckpt.save_checkpoint(self.run_dir, self.step, state, self.algo.modules(),
-                                    int(self.cfg.train.keep_checkpoints), self.write_hf_copy)
-        log.info(f"[checkpoint] {path}")
-        return path
+    # --- checkpoints (written and read by the harness) -----------------------------------------
+    def modules(self):
+        return self.algo.modules()
 
-    def write_hf_copy(self, checkpoint_dir: Path) -> None:
+    def state_dict(self) -> dict:
+        return {"prompt_counter": self.prompt_counter, "algo_state": self.algo.state_dict(),
+                "engine_version": self.rollout.version, "policy_dir": str(self.policy_dir)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.algo.load_state_dict(state["algo_state"])
+        self.prompt_counter = int(state["prompt_counter"])
+        self.sync_rollout(version=int(state["engine_version"]))  # the engine gets the restored weights
+
+    def write_extra(self, checkpoint_dir: Path) -> None:
         self.policy.save_pretrained(str(checkpoint_dir / "hf"))
         self.tokenizer.save_pretrained(str(checkpoint_dir / "hf"))
         self.algo.write_extra(checkpoint_dir)
-
-    def restore(self, path: Path) -> None:
-        state, module_states = ckpt.load_checkpoint(path)
-        for name, module in self.algo.modules().items():
-            if name not in module_states:
-                raise KeyError(f"checkpoint {path} has no '{name}' weights (has {sorted(module_states)})")
-            module.load_state_dict(module_states[name])
-        self.algo.load_state_dict(state["algo"])
-        self.step, self.prompt_counter = int(state["step"]), int(state["prompt_counter"])
-        self.sync_rollout(version=int(state["engine_version"]))  # the engine gets the restored weights
-        set_rng_state(state["rng"])
-        log.info(f"[resume] from {path} at step {self.step}")

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from agents.models import ValueModel, build_tiny_lm
 from agents.rewards import RewardModelEnsemble
-from agents.warmstart import train_tokenizer
+from rlhf.warmstart import train_tokenizer
 from rlhf.functional import best_of_n_expectation, best_of_n_kl, ensemble_objective
 from tests.conftest import SMALL, read_scalars
 

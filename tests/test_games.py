@@ -154,7 +154,7 @@ def test_bad_settings_fail_with_valid_choices():
 def tiny():
     """A tokenizer trained on the env's corpus and an untrained tiny model (no SFT needed here)."""
     from agents.models import build_tiny_lm
-    from agents.warmstart import train_tokenizer
+    from rlhf.warmstart import train_tokenizer
 
     env = RepeatedGameEnv(games=list(GAMES), opponents=["Random"])
     tokenizer = train_tokenizer(env.corpus(400, seed=1), 1024)

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agents.models import build_tiny_lm, lm_forward
-from agents.warmstart import train_tokenizer
+from rlhf.warmstart import train_tokenizer
 from envs.base import TextEnv
 from rlhf.functional import token_logprobs
 from rlhf.rollout.batch import collate

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agents.models import ValueModel, build_tiny_lm, load_lm
-from agents.warmstart import train_tokenizer
+from rlhf.warmstart import train_tokenizer
 from rlhf import checkpoint as ckpt
 from rlhf.algos.vas import td_lambda_targets
 from rlhf.functional import value_guided_logits

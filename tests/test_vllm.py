@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from agents.models import lm_forward, load_lm, load_tokenizer
-from agents.warmstart import warm_start_policy
+from rlhf.warmstart import warm_start_policy
 from envs import base as env_base
-from rlhf.algos.rm import env_kwargs
+from envs.base import env_settings
 from rlhf.functional import token_logprobs
-from rlhf.rollout.engine import HFEngine, SamplingParams, WeightSyncError, build_sync_probe, check_weight_sync, make_engine
+from rlhf.rollout.engine import HFEngine, SamplingParams, WeightSyncError, build_sync_probe, check_weight_sync
+from rlhf.rollout.factory import make_engine
 from tests.conftest import SMALL, compose_cfg, read_scalars
 
 THRESHOLD = 1e-3  # configs/rollout/vllm.yaml: sync_check_threshold
@@ -23,7 +24,7 @@ OVERRIDES = ["rollout=vllm", *SMALL]
 def setup():
     """(cfg, policy, tokenizer, vLLM engine, prompt ids) on the SMALL warm-started tiny Qwen2."""
     cfg = compose_cfg(OVERRIDES)
-    env = env_base.make("text", split="train", **env_kwargs(cfg))
+    env = env_base.make("text", split="train", **env_settings(cfg.env))
     policy_dir = warm_start_policy(cfg, env, print)
     tokenizer = load_tokenizer(policy_dir)
     policy = load_lm(policy_dir).eval()

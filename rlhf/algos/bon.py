@@ -24,11 +24,13 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from agents.models import load_lm, load_tokenizer
-from agents.warmstart import warm_start_policy
+from rlhf.warmstart import warm_start_policy
 from envs import base as env_base
-from rlhf.algos.rm import env_kwargs, score_sequences
+from envs.base import env_settings
+from rlhf.reward_models import score_sequences
 from rlhf.cache import cached, source_digest
-from rlhf.evaluate import EVAL_SEED_OFFSET, save_eval
+from rlhf.evaluation import EVAL_SEED_OFFSET
+from rlhf.harness import save_eval
 from rlhf.functional import ENSEMBLE_OBJECTIVES, best_of_n_expectation, best_of_n_kl, ensemble_objective
 from rlhf.rollout.engine import HFEngine, SamplingParams
 from rlhf.rollout.runner import EpisodeRunner
@@ -40,7 +42,7 @@ def pool_spec(cfg, policy_dir: Path) -> dict:
     """What the samples depend on. The env keys that only shape the reward models' training
     data (preference_pairs, label_noise) are left out, so runs that differ only in their reward
     models (e.g. label noise 0 and 0.25) share one pool and are compared on the same samples."""
-    env = {k: v for k, v in env_kwargs(cfg).items() if k not in ("preference_pairs", "label_noise")}
+    env = {k: v for k, v in env_settings(cfg.env).items() if k not in ("preference_pairs", "label_noise")}
     return {"policy": str(Path(policy_dir).resolve()), "env": {"name": cfg.env.name, **env},
             "prompts": int(cfg.algo.prompts), "n_max": int(cfg.algo.n_max), "seed": int(cfg.seed),
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
@@ -60,7 +62,7 @@ def sample_pool(cfg, policy_dir: Path) -> tuple[np.ndarray, list[list[list[int]]
         gold, sequences, start = np.zeros((n_prompts, n_max)), [], time.time()
         for p in range(n_prompts):
             seeds = [EVAL_SEED_OFFSET + p] * n_max
-            envs = [env_base.make(str(cfg.env.name), split="eval", **env_kwargs(cfg)) for _ in seeds]
+            envs = [env_base.make(str(cfg.env.name), split="eval", **env_settings(cfg.env)) for _ in seeds]
             episodes = runner.run(envs, seeds)
             gold[p] = [ep.env_reward("gold") for ep in episodes]
             sequences.append([ep.token_ids for ep in episodes])
@@ -117,7 +119,7 @@ def best_of_n_curves(gold: np.ndarray, rules: dict[str, np.ndarray], ns: list[in
 def train(cfg, run_dir: Path) -> dict:
     from rlhf.trainer import reward_model_ensemble
 
-    env = env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg))
+    env = env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env))
     policy_dir = warm_start_policy(cfg, env, log.info)
     ensemble = reward_model_ensemble(cfg, policy_dir)
     gold, sequences = sample_pool(cfg, policy_dir)

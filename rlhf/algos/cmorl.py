@@ -783,7 +783,7 @@ def train(cfg, run_dir: Path) -> dict[str, float]:
 
 
 def _train(cfg, run_dir: Path) -> dict[str, float]:
-    from rlhf.evaluate import save_eval
+    from rlhf.harness import save_eval
     from rlhf.logger import Logger
 
     run = CMORL(cfg, run_dir)

@@ -39,15 +39,16 @@ import numpy as np
 import torch
 
 from agents.models import frozen_copy, load_lm, load_tokenizer, save_lm
-from agents.warmstart import warm_start_policy
+from rlhf.warmstart import warm_start_policy
 from envs import base as env_base
 from envs.preference import LENGTH_CLASSES, Features, PreferenceOracle, oracle_from_config
 from envs.text import corpus
 from envs.text.gold import gold_components
 from rlhf import checkpoint as ckpt
 from rlhf.algos.dpo import Settings, make_adam, reference_logps, train_pairs
-from rlhf.algos.rm import env_kwargs
-from rlhf.evaluate import EVAL_SEED_OFFSET, save_eval
+from envs.base import env_settings
+from rlhf.evaluation import EVAL_SEED_OFFSET
+from rlhf.harness import save_eval
 from rlhf.logger import Logger
 from rlhf.preference.data import Pair
 from rlhf.rollout.engine import HFEngine, SamplingParams
@@ -75,7 +76,7 @@ def partition_seeds(env, iteration: int, per_iteration: int) -> list[int]:
 def sample(runner, cfg, seeds: list[int], k: int, split: str):
     """k responses per seed: (prompt ids, [response ids], [texts]) per seed."""
     repeated = [s for s in seeds for _ in range(k)]
-    envs = [env_base.make(str(cfg.env.name), split=split, **env_kwargs(cfg)) for _ in repeated]
+    envs = [env_base.make(str(cfg.env.name), split=split, **env_settings(cfg.env)) for _ in repeated]
     episodes = runner.run(envs, repeated)
     groups = [episodes[i * k:(i + 1) * k] for i in range(len(seeds))]
     return [(g[0].token_ids[:g[0].prompt_len], [ep.token_ids[ep.prompt_len:] for ep in g],
@@ -159,7 +160,7 @@ def heldout_features(cfg, policy, tokenizer, oracle: PreferenceOracle) -> tuple[
 
 
 def teacher_features(cfg, oracle: PreferenceOracle) -> list[list[Features]]:
-    env = env_base.make(str(cfg.env.name), split="eval", **env_kwargs(cfg))
+    env = env_base.make(str(cfg.env.name), split="eval", **env_settings(cfg.env))
     rng = random.Random(int(cfg.seed))
     return [[oracle.features(teacher_response(env.reset(EVAL_SEED_OFFSET + i), rng))]
             for i in range(int(cfg.algo.eval_prompts))]
@@ -250,7 +251,7 @@ def contrastive_step(cfg, policy, pairs: list[Pair], pad_id: int, rng: random.Ra
 
 def train(cfg, run_dir: Path) -> dict:
     anchored = mixture_weight(cfg) > 0  # checks algo.ref_mix_tau before the warm start's minutes
-    env = env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg))
+    env = env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env))
     policy_dir = warm_start_policy(cfg, env, log.info)
     tokenizer = load_tokenizer(policy_dir)
     oracle = oracle_from_config(cfg.algo)

@@ -30,13 +30,14 @@ from pathlib import Path
 import torch
 
 from agents.models import frozen_copy, lm_forward, load_lm, load_tokenizer, save_lm
-from agents.warmstart import warm_start_policy
+from rlhf.warmstart import warm_start_policy
 from envs import base as env_base
 from rlhf import checkpoint as ckpt
 from rlhf.algos.base import optimizer_step
-from rlhf.algos.rm import env_kwargs
+from envs.base import env_settings
 from rlhf.cache import cached, source_digest
-from rlhf.evaluate import evaluate_lm_checkpoint, evaluate_policy, save_eval
+from rlhf.evaluation import evaluate_lm_checkpoint, evaluate_policy
+from rlhf.harness import save_eval
 from rlhf.functional import sequence_logprob, token_logprobs
 from rlhf.logger import Logger
 from rlhf.preference import data as prefs
@@ -191,7 +192,7 @@ def train_lists(policy, ref, optimizer, lists, algo_cfg, pad_id: int, rng: rando
 def env_lists(cfg, policy_dir: Path) -> list[prefs.RankedList]:
     """K gold-scored samples per train prompt from the SFT policy (cached)."""
     k, n_prompts = int(cfg.algo.responses_per_prompt), int(cfg.algo.prompts)
-    spec = {"env": {"name": cfg.env.name, **env_kwargs(cfg)}, "policy": str(Path(policy_dir).resolve()),
+    spec = {"env": {"name": cfg.env.name, **env_settings(cfg.env)}, "policy": str(Path(policy_dir).resolve()),
             "k": k, "prompts": n_prompts, "seed": int(cfg.algo.data_seed),
             "sampling": {key: cfg.rollout[key] for key in ("temperature", "top_p", "top_k", "max_new_tokens")},
             "sources": source_digest(["rlhf.preference.data", "envs.text", "rlhf.rollout.engine", "rlhf.rollout.runner"])}
@@ -202,7 +203,7 @@ def env_lists(cfg, policy_dir: Path) -> list[prefs.RankedList]:
                                SamplingParams.from_config(cfg.rollout), max_turns=int(cfg.env.max_turns))
         torch.manual_seed(int(cfg.algo.data_seed))
         seeds = [int(cfg.algo.data_seed) * 1_000_003 + i for i in range(n_prompts)]
-        lists = prefs.sample_lists(runner, lambda: env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg)),
+        lists = prefs.sample_lists(runner, lambda: env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env)),
                                    seeds, k, lambda ep: ep.env_reward("gold"), log.info)
         (out / "lists.json").write_text(json.dumps(prefs.to_json(lists)))
 
@@ -225,7 +226,7 @@ def stages_of(cfg, lists) -> list[list]:
 # --- entry points ------------------------------------------------------------------------------
 
 def train(cfg, run_dir: Path) -> dict:
-    env = env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg))
+    env = env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env))
     policy_dir = warm_start_policy(cfg, env, log.info)
     tokenizer = load_tokenizer(policy_dir)
     lists = prefs.load_jsonl(cfg.algo.data, tokenizer) if cfg.algo.data else env_lists(cfg, policy_dir)

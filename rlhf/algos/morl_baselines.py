@@ -134,7 +134,7 @@ def _train(cfg, run_dir: Path) -> dict[str, float]:
     from torch.utils.tensorboard import SummaryWriter
 
     from envs import mo
-    from rlhf.evaluate import save_eval
+    from rlhf.harness import save_eval
 
     os.environ["WANDB_MODE"] = "disabled"
     if cfg.train.resume:

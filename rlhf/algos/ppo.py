@@ -1,19 +1,22 @@
-"""PPO for RLHF at the token level (Ziegler et al. 2019; Ouyang et al. 2022).
+"""PPO for RLHF at the token level (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022).
 
-Reference: specs/algorithms-b.md §5 (TRL PPOv2, OpenRLHF, "The N implementation details
-of RLHF with PPO"). One rollout phase:
+Implementation choices follow Huang et al. 2024, "The N+ Implementation Details of RLHF with
+PPO" (TRL PPOv2, OpenRLHF). One rollout phase:
 
-  1. old log-probs, reference log-probs and values by teacher-forced passes (§5.1.4);
-     logits are divided by the sampling temperature in every pass.
-  2. per-token rewards (§5.2):  r_t = -beta * k_t,  plus the score on the last generated
-     token of each turn (OpenRLHF/OAI convention);  or, with kl_penalty=loss, the KL goes
-     into the loss as beta * k3 instead (§5.3).
-  3. GAE with gamma, lambda over generated tokens only (§5.4); returns = A + V; advantages
-     whitened over the batch's valid tokens.
-  4. `epochs` x `minibatches` of the clipped policy loss and the clipped value loss (§5.5).
-  5. the KL controller sees the mean per-sequence KL (§5.6).
-The critic is a separate network (§5.7 option b), initialized from the reward model when
-the run optimizes one, with a zero-initialized value head.
+  1. old log-probs, reference log-probs and values by teacher-forced passes; logits are
+     divided by the sampling temperature in every pass.
+  2. per-token rewards (Ziegler et al. 2019, Sec. 2; Ouyang et al. 2022, Sec. 3.5, eq. 2):
+         r_t = -beta * k_t,   k_t = log pi_old(a_t|s_t) - log pi_ref(a_t|s_t)   (k1; k2/k3 optional)
+     plus the score on the last generated token of each turn;  or, with kl_penalty=loss,
+     the KL goes into the loss as beta * k3 instead (the GRPO placement).
+  3. GAE(gamma, lambda) over generated tokens only (Schulman et al. 2016, eq. 16);
+     returns = A + V; advantages whitened over the batch's valid tokens.
+  4. `epochs` x `minibatches` of the clipped policy loss (Schulman et al. 2017, eq. 7) and
+     the clipped value loss.
+  5. the adaptive KL controller (Ziegler et al. 2019, Sec. 2) sees the mean per-sequence KL.
+The critic is a separate network, initialized from the reward model when the run optimizes
+one (Stiennon et al. 2020; Ouyang et al. 2022), else from the policy, with a zero-initialized
+value head. Its whole trunk is trained, even though the reward model it was copied from is frozen.
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ class PPO(Algorithm):
             self.critic = ValueModel(copy.deepcopy(reward_model.trunk), head_init="zeros")
         else:
             self.critic = ValueModel.from_lm(policy, head_init="zeros")
+        # The copy keeps its source's requires_grad flags (a reward model is loaded frozen, a
+        # LoRA policy's base weights are frozen): the critic trains every parameter.
+        self.critic.requires_grad_(True)
         self.critic.train()
         params = list(policy.parameters()) + list(self.critic.parameters())
         self.optimizer = make_optimizer(params, a)
@@ -66,6 +72,18 @@ class PPO(Algorithm):
             scores[torch.arange(len(batch)), last] -= unfinished
         return scores
 
+    def token_rewards(self, batch: Batch, turn_rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor,
+                      beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, non_score): the per-token reward is their sum (Ouyang et al. 2022, eq. 2).
+
+        scores: the clipped score on the last generated token of each turn, 0 elsewhere;
+        non_score: -beta * k_t on generated tokens, k_t = log pi(a_t) - log pi_ref(a_t) for k1
+        (0 with kl_penalty=loss, where the KL enters the loss instead)."""
+        a, mask = self.algo_cfg, batch.action_mask
+        kl = kl_estimate(logp, ref_logp, a.kl_estimator) * mask
+        non_score = -beta * kl if a.kl_penalty == "reward" else torch.zeros_like(kl)
+        return self.scores_on_tokens(batch, turn_rewards), non_score
+
     def step(self, batch: Batch, turn_rewards: torch.Tensor) -> dict[str, float]:
         a, mask = self.algo_cfg, batch.action_mask
         beta = self.kl_ctl.value
@@ -73,9 +91,7 @@ class PPO(Algorithm):
             old_logp = self.old_logprobs(batch)
             ref_logp = self.frozen_logprobs(self.ref, batch)
             old_values = self.critic.values(batch.input_ids, batch.attention_mask) * mask
-            kl = kl_estimate(old_logp, ref_logp, a.kl_estimator) * mask
-            scores = self.scores_on_tokens(batch, turn_rewards)
-            non_score = -beta * kl if a.kl_penalty == "reward" else torch.zeros_like(kl)
+            scores, non_score = self.token_rewards(batch, turn_rewards, old_logp, ref_logp, beta)
             rewards = scores + non_score
             if a.whiten_rewards:
                 rewards = masked_whiten(rewards, mask, shift_mean=False)

@@ -326,7 +326,7 @@ def train(cfg, run_dir: Path) -> dict[str, float]:
 
 def _train(cfg, run_dir: Path) -> dict[str, float]:
     from envs.mario import episode_metrics
-    from rlhf.evaluate import save_eval
+    from rlhf.harness import save_eval
     from rlhf.logger import Logger
 
     run = Reptile(cfg, run_dir)

@@ -163,7 +163,7 @@ def train(cfg, run_dir: Path) -> dict[str, float]:
     from ray.tune.registry import register_env
     from torch.utils.tensorboard import SummaryWriter
 
-    from rlhf.evaluate import save_eval
+    from rlhf.harness import save_eval
 
     check_config(cfg)
     run_dir, a = Path(run_dir), cfg.algo

@@ -178,7 +178,7 @@ def _train(cfg, run_dir: Path) -> dict[str, float]:
     from torch.utils.tensorboard import SummaryWriter
 
     from envs.mario import episode_metrics
-    from rlhf.evaluate import save_eval
+    from rlhf.harness import save_eval
 
     cls, a = algorithm_class(str(cfg.algo.name)), cfg.algo
     venv = make_vec_env(cfg)

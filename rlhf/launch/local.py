@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 
 from envs import base as env_base
-from rlhf.algos.rm import env_kwargs
-from rlhf.rollout.engine import Engine, SamplingParams, make_engine
+from envs.base import env_settings
+from rlhf.rollout.engine import Engine, SamplingParams
+from rlhf.rollout.factory import make_engine
 from rlhf.rollout.runner import Episode, EpisodeRunner
 
 
@@ -45,7 +46,7 @@ def build_runner(cfg, engine: Engine, tokenizer, model) -> EpisodeRunner:
 
 
 def build_envs(cfg, count: int) -> list:
-    return [env_base.make(str(cfg.env.name), split="train", **env_kwargs(cfg)) for _ in range(count)]
+    return [env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env)) for _ in range(count)]
 
 
 # --- seeded chunks ------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.launch.local import RolloutBackend, build_envs, build_runner, chunk_bounds, chunk_rng_seed, run_chunk
-from rlhf.rollout.engine import make_engine, score_with_model
+from rlhf.rollout.engine import score_with_model
+from rlhf.rollout.factory import make_engine
 from rlhf.rollout.runner import Episode
 
 log = logging.getLogger("rlhf")

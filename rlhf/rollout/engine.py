@@ -4,15 +4,16 @@
     engine.load_weights(named_tensors, version)
     engine.score(sequences, prompt_lens)     # teacher-forced log-probs: the weight-sync check
 
-`make_engine(cfg, policy, tokenizer)` builds the engine named by `rollout.name` (hf here; vllm
-in rlhf.rollout.vllm_engine, imported only when asked for). After every sync the trainer runs
-`check_weight_sync` on a fixed probe batch (spec: peers.md §1.7, §6.1).
+`rlhf.rollout.factory.make_engine(cfg, policy, tokenizer)` builds the engine named by
+`rollout.name` (hf here; vllm in rlhf.rollout.vllm_engine, imported only when asked for).
+After every sync the trainer runs `check_weight_sync` on a fixed probe batch: the engine's
+log-probs of fixed sequences must match the trainer's.
 
 Token ids in, token ids out: callers never decode and re-encode generated text to rebuild
 a training sequence. `logprobs` are the behaviour policy's per-token log-probabilities
 under the *sampling* distribution (after temperature / top-k / top-p), recorded while
-generating; algorithms recompute old log-probs with the trainer (spec §5.1) and log the
-gap as `rollout/logp_diff_max`.
+generating; the trainer recomputes old log-probs itself and logs the gap as
+`rollout/logp_diff_max`.
 """
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ def score_with_model(model: torch.nn.Module, sequences: list[list[int]], prompt_
                      pad_id: int) -> list[list[float]]:
     """Teacher-forced log-probs at temperature 1 of each token after its prompt (right padding)."""
     from agents.models import lm_forward  # agents builds on rlhf: import where used
-    from agents.warmstart import pad_right
+    from agents.models import pad_right
     from rlhf.functional import token_logprobs
 
     input_ids, attention_mask = pad_right(sequences, pad_id)
@@ -237,24 +238,3 @@ def check_weight_sync(engine: Engine, policy: torch.nn.Module, probe: SyncProbe,
             "is generating with stale or corrupt weights: a skipped or partial sync, tied embeddings synced without "
             "lm_head.weight, or a prefix cache not reset. Set rollout.sync_check_threshold=null to only log the gap.")
     return gap
-
-
-def make_engine(cfg, policy: torch.nn.Module, tokenizer, model_dir: str | None = None) -> Engine:
-    """The engine of the `rollout` config group, holding the policy's current weights.
-
-    hf: shares the trainer's module (syncs are free). vllm: an in-process vLLM started from
-    `model_dir` (default: the directory the policy was loaded from), vLLM imported lazily."""
-    rollout = cfg.rollout
-    if rollout.name == "hf":
-        return HFEngine(policy, tokenizer, int(rollout.max_batch_size))
-    if rollout.name == "vllm":
-        from rlhf.rollout.vllm_engine import VLLMEngine
-
-        engine = VLLMEngine(model_dir or policy.config._name_or_path, max_batch_size=int(rollout.max_batch_size),
-                            max_model_len=int(policy.config.max_position_embeddings), seed=int(cfg.seed),
-                            device=str(cfg.device), kv_cache_gib=float(rollout.kv_cache_gib),
-                            gpu_memory_utilization=float(rollout.gpu_memory_utilization),
-                            enforce_eager=bool(rollout.enforce_eager), seeded_requests=bool(rollout.seeded_requests))
-        engine.load_weights(policy.named_parameters(), version=0)  # the policy may differ from its directory
-        return engine
-    raise ValueError(f"rollout.name={rollout.name!r} is not an engine; valid choices: hf, vllm")

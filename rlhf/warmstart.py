@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from agents.models import build_tiny_lm, lm_forward, save_lm
+from agents.models import build_tiny_lm, lm_forward, pad_right, save_lm
 from rlhf.cache import cached, source_digest
 from rlhf.functional import masked_mean, token_logprobs
 
@@ -44,16 +44,6 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int
     prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
     responses = tokenizer([r for _, r in pairs], add_special_tokens=False)["input_ids"]
     return [(p, r + [eos]) for p, r in zip(prompts, responses)]
-
-
-def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 def sft_train(model, tokenizer, pairs: list[tuple[str, str]], sft_cfg, seed: int,
@@ -102,7 +92,7 @@ def warm_start_policy(cfg, env, log=print) -> Path:
             raise FileNotFoundError(f"model.path={path} does not exist or is not a directory")
         return path
     spec = {"model": cfg.model, "env": env.fingerprint(), "seed": int(cfg.model.sft.seed),
-            "sources": source_digest(["agents.warmstart", "agents.models", "envs.text", "envs.base"])}
+            "sources": source_digest(["rlhf.warmstart", "agents.models", "envs.text", "envs.base"])}
 
     def build(out: Path) -> None:
         torch.manual_seed(int(cfg.model.sft.seed))

@@ -1,0 +1,106 @@
+"""Reward sources: what an algorithm optimizes, selected by the `reward` config group.
+
+A source turns finished episodes into the optimization reward of each turn, placed on the
+turn's last generated token (`[B, L]`, zeros elsewhere), plus metrics to log.
+
+* `gold`: a named component of the environment's own reward (the gold scorer on env=text).
+* `rm` / `ensemble`: k >= 1 proxy reward models (rlhf.reward_models) scoring each whole
+  episode's token ids, each normalized so that SFT samples have mean 0 and std 1
+  (reward.normalize), combined by reward.objective (mean | wco | uwo, Coste et al.). A
+  single RM is the ensemble with one member.
+* `composite`: named component scorers of the text (envs.composite, Moskovitz et al.),
+  summed with fixed weights, or, for algorithms that constrain each component
+  (`vector_reward = True`), returned one column per component (`[B, L, N]`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from agents.rewards import RewardModelEnsemble, ensemble_objective
+from rlhf.reward_models import reward_model_dirs
+from rlhf.rollout.batch import Batch
+from rlhf.rollout.runner import Episode
+
+log = logging.getLogger("rlhf")
+
+
+def place_on_last_turn(episodes: list[Episode], batch: Batch, scores: torch.Tensor) -> torch.Tensor:
+    rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+    last_turn_end = torch.tensor([ep.turn_ends[-1] for ep in episodes])
+    rewards[torch.arange(len(episodes)), last_turn_end] = scores
+    return rewards
+
+
+class GoldReward:
+    def __init__(self, component: str):
+        self.component = component
+
+    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for i, ep in enumerate(episodes):
+            for end, r in zip(ep.turn_ends, ep.rewards):
+                rewards[i, end] = r[self.component] if isinstance(r, dict) else float(r)
+        return rewards, {}
+
+
+class CompositeReward:
+    """Component scores of the whole response (every turn's text joined), on the last turn.
+
+    Metrics: each component, the text's quality and the hidden evaluation score of the
+    rollout's samples, under `composite/` (what rlhf.proxy_points reads back)."""
+
+    def __init__(self, reward_cfg, vector: bool = False):
+        from envs.composite import COMPONENTS, CompositeScorer
+
+        self.scorer = CompositeScorer.from_config(reward_cfg)
+        self.names = COMPONENTS
+        self.weights = torch.tensor([float(w) for w in reward_cfg.weights], dtype=torch.float32)
+        if len(self.weights) != len(self.names):
+            raise ValueError(f"reward.weights needs one weight per component {list(self.names)}, "
+                             f"got {list(reward_cfg.weights)}")
+        self.vector = vector
+
+    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        scored = [self.scorer.score("".join(ep.action_texts)) for ep in episodes]
+        table = torch.tensor([[s[name] for name in self.names] for s in scored], dtype=torch.float32)  # [B, N]
+        metrics = {f"composite/{key}": float(sum(s[key] for s in scored) / len(scored)) for key in scored[0]}
+        if not self.vector:
+            return place_on_last_turn(episodes, batch, table @ self.weights), metrics
+        columns = [place_on_last_turn(episodes, batch, table[:, i]) for i in range(len(self.names))]
+        return torch.stack(columns, dim=-1), metrics
+
+
+class EnsembleReward:
+    """`rm` / `ensemble`: the ensemble's combined score of each whole episode, on its last turn."""
+
+    def __init__(self, ensemble: RewardModelEnsemble):
+        self.ensemble = ensemble
+        self.model = ensemble.model  # a member, e.g. to initialize PPO's critic from
+
+    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        members = self.ensemble.member_scores(batch.input_ids, batch.attention_mask)
+        scores = ensemble_objective(members, self.ensemble.objective, self.ensemble.uwo_lambda)
+        metrics = {"ensemble/mean": float(members.mean()),
+                   "ensemble/min": float(members.min(0).values.mean()),
+                   "ensemble/std": float(members.std(0, unbiased=False).mean())}
+        return place_on_last_turn(episodes, batch, scores), metrics
+
+
+def build_reward_source(cfg, policy_dir: Path, vector: bool = False):
+    """(reward source, a reward model or None) for the `reward` config group; `vector`:
+    the algorithm wants one reward column per component (composite reward only)."""
+    if cfg.reward.name == "gold":
+        return GoldReward(str(cfg.reward.component)), None
+    if cfg.reward.name == "composite":
+        return CompositeReward(cfg.reward, vector=vector), None
+    source = EnsembleReward(reward_model_ensemble(cfg, policy_dir))
+    return source, source.model
+
+
+def reward_model_ensemble(cfg, policy_dir: Path) -> RewardModelEnsemble:
+    r = cfg.reward
+    return RewardModelEnsemble(reward_model_dirs(cfg, policy_dir, log.info), bool(r.normalize), str(r.objective),
+                               float(r.uwo_lambda), str(r.member_pass))
