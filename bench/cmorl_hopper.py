@@ -22,7 +22,7 @@ ENV = ["env=mo", "env.id=mo-hopper-2obj-v5"]
 
 def arms(steps: int, seed: int) -> dict[str, list[str]]:
     return {
-        # C-MORL with the paper's MuJoCo PPO settings where they fit the budget (spec §4.6):
+        # C-MORL with the paper's MuJoCo PPO settings where they fit the budget:
         # lr 3e-4, no entropy bonus, observation normalisation, gamma 0.995, 6 weights (delta 0.2)
         "C-MORL": ["algo=cmorl", *ENV, f"seed={seed}", f"algo.total_steps={steps}",
                    f"algo.init_steps={int(steps * 0.6)}", "algo.num_envs=8", "algo.num_steps=128",

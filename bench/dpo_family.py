@@ -1,5 +1,5 @@
 """Train the tiny text policy with every DPO-family loss on the same gold-labelled data and
-report the held-out gold score of each (issue 7's per-loss table; docs/dpo_dno.md).
+report the held-out gold score of each (the per-loss table of docs/dpo_dno.md).
 
     python bench/dpo_family.py [--epochs 2] [--out bench/results/dpo_family.json] [extra overrides...]
 

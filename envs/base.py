@@ -1,4 +1,4 @@
-"""The environment interface every text environment keeps (DESIGN.md contract 3).
+"""The environment interface every text environment keeps (docs/layout.md, contract 3).
 
 A text environment is a (possibly multi-turn) episode over strings:
 

@@ -1,5 +1,5 @@
-"""A composite reward on `env=text` for constrained RLHF (Moskovitz et al. 2024; spec
-algorithms-b.md §2), in the spirit of its toy experiment (§2.9).
+"""A composite reward on `env=text` for constrained RLHF (Moskovitz et al. 2024, "Confronting
+Reward Model Overoptimization with Constrained RLHF"), in the spirit of its toy experiment.
 
 The paper's composite reward adds component reward models (METEOR, an intent classifier)
 that each track human ratings only up to a point. Here two named components score a
@@ -32,7 +32,7 @@ from envs.text import corpus
 from envs.text.gold import gold_components
 
 COMPONENTS = ("praise", "detail")
-OVERSHOOT_PENALTY = 1.5  # eval loses 1.5 per unit a component runs past its sweet spot (spec §2.9)
+OVERSHOOT_PENALTY = 1.5  # eval loses 1.5 per unit a component runs past its sweet spot
 # Praise words that also describe: counted as detail first as `overlap` grows.
 _DESCRIPTIVE_FIRST = ("delicious", "comfortable", "clean", "fresh", "friendly", "pleasant", "perfect", "lovely")
 

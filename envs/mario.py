@@ -26,8 +26,11 @@ researcher can drop, reorder or add one):
 
 The reward is the env's own shaped reward (9.1.0: progress capped at 5 px per frame, clock,
 score/100, coins, power-ups, +50 at the flag, death; clipped per frame to [-15, 15]), summed over
-the skipped frames. `evaluate_stages` runs a policy for N episodes per stage (distance, flag
-rate, return) and can write a GIF of one episode; every algorithm's `evaluate` uses it.
+the skipped frames. `make_vector_env` puts N of these, with episode statistics, in gymnasium's
+SyncVectorEnv. Stage evaluation, shared by every Mario algorithm's `evaluate`: `evaluate_stages`
+runs a policy for N episodes per stage (distance, flag rate, return; optionally a GIF),
+`eval_stages` resolves eval.stages, and `adaptation_curve` measures few-shot adaptation to a
+held-out stage with any learner's update step (Reptile's inner loop).
 """
 from __future__ import annotations
 
@@ -39,14 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from rlhf.config import ConfigError
+from envs.base import EnvConfigError
 
 ACTION_SETS = ("right_only", "simple", "complex")
 STAGE_PATTERN = re.compile(r"^([1-8])-([1-4])$")
 FULL_GAME = "full"
 
 
-class MarioConfigError(ConfigError):
+class MarioConfigError(EnvConfigError):
     """A bad env=mario setting (raised before any emulator starts)."""
 
 
@@ -285,54 +288,30 @@ def num_actions(env_cfg) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Lockstep vector env (one process) and episode statistics
+# Vector env and episode statistics
 
 
-class VectorEnv:
-    """N make_env envs stepped in lockstep with immediate auto-reset (`obs` is always the next
-    observation to act on). Finished episodes come back as dicts with the shared statistics."""
+def make_vector_env(env_cfg, n: int, stages: Sequence[str] | None = None):
+    """n make_env envs, each with gymnasium's RecordEpisodeStatistics, in gymnasium's SyncVectorEnv
+    (stepped in this process) in SAME_STEP autoreset mode: an ended episode's env is reset inside
+    that step, its last info (distance, flag, episode statistics) in info["final_info"]. Switch
+    the stage of every env with `envs.call("set_task", stage)`."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+    from gymnasium.wrappers import RecordEpisodeStatistics
 
-    def __init__(self, make: Callable[[], gym.Env], n: int):
-        self.envs = [make() for _ in range(n)]
-        self.n = n
-        self.returns = np.zeros(n)
-        self.lengths = np.zeros(n, dtype=np.int64)
-
-    def set_task(self, stage: str | None) -> None:
-        for env in self.envs:
-            set_task(env, stage)
-
-    def reset(self, seeds: Sequence[int]) -> np.ndarray:
-        self.seeds = [int(s) for s in seeds]
-        self.returns[:], self.lengths[:] = 0.0, 0
-        return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, self.seeds)])
-
-    def step(self, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-        """-> obs [N, ...], rewards [N], terminated [N], truncated [N], finished episodes."""
-        obs, finished = [], []
-        rewards = np.zeros(self.n, dtype=np.float32)
-        terminated, truncated = np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=bool)
-        for i, (env, action) in enumerate(zip(self.envs, actions)):
-            o, r, term, trunc, info = env.step(int(action))
-            rewards[i], terminated[i], truncated[i] = r, term, trunc
-            self.returns[i] += float(r)
-            self.lengths[i] += 1
-            if term or trunc:
-                finished.append(episode_record(info, self.returns[i], int(self.lengths[i])))
-                self.returns[i], self.lengths[i] = 0.0, 0
-                self.seeds[i] += 1_000  # reproducible but different sampling of the next stage
-                o, _ = env.reset(seed=self.seeds[i])
-            obs.append(o)
-        return np.stack(obs), rewards, terminated, truncated, finished
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
+    return SyncVectorEnv([lambda: RecordEpisodeStatistics(make_env(env_cfg, stages)) for _ in range(n)],
+                         autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def episode_record(info: dict, episode_return: float, length: int) -> dict:
     return {"distance": float(info.get("distance", info.get("x_pos", 0))), "flag": float(bool(info.get("flag_get"))),
             "return": float(episode_return), "length": length, "stage": str(info.get("stage_name", ""))}
+
+
+def vector_episode_record(episode: dict) -> dict:
+    """A finished episode of a vector env ({"return", "length", "info"}: rlhf.control_ppo's
+    episodes, from each env's RecordEpisodeStatistics) as an episode_record."""
+    return episode_record(episode["info"], float(episode["return"]), int(episode["length"]))
 
 
 def episode_metrics(episodes: list[dict]) -> dict[str, float]:
@@ -405,3 +384,46 @@ def evaluate_stages(env_cfg, act: Callable[[np.ndarray], int], stages: Sequence[
     metrics.update({k: v for k, v in episode_metrics(everything).items() if k != "episode/count"})
     metrics["perf/env_steps_per_s"] = steps / max(time.time() - start, 1e-9)
     return metrics
+
+
+def eval_stages(env_cfg, which: str) -> list[str]:
+    """eval.stages: held_out | train | all | none -> the stage list (every Mario algorithm's evaluate)."""
+    choices = {"held_out": stage_list(env_cfg.held_out), "train": stage_list(env_cfg.stages)}
+    choices["all"] = list(dict.fromkeys(choices["train"] + choices["held_out"]))
+    choices["none"] = []  # e.g. only the adaptation curve (algo=reptile)
+    if which not in choices:
+        raise MarioConfigError(f"eval.stages={which!r} is not valid; valid choices: {', '.join(choices)}")
+    return choices[which]
+
+
+def adaptation_curve(env_cfg, stage: str, updates: int, points: int, steps_per_update: int, episodes: int,
+                     update: Callable[[], Any], make_act: Callable[[], Callable[[np.ndarray], int]]
+                     ) -> list[tuple[int, dict[str, float]]]:
+    """Few-shot adaptation to one stage: `update()` (one learner update on that stage, e.g. an
+    inner-loop PPO update) `updates` times; at `points` evenly spaced update counts (0 and the
+    last included) run `episodes` episodes with a fresh `make_act()`. -> [(env steps, metrics)]."""
+    marks = sorted({round(u) for u in np.linspace(0, updates, max(points, 1))}) if updates else [0]
+    env = make_env(env_cfg, stages=[stage])
+    curve = []
+    try:
+        for u in range(updates + 1):
+            if u in marks:
+                curve.append((u * steps_per_update, episode_metrics(run_episodes(env, make_act(), stage, episodes))))
+            if u < updates:
+                update()
+    finally:
+        env.close()
+    return curve
+
+
+def curve_scalars(curves: dict[str, list[tuple[int, dict[str, float]]]]) -> list[tuple[int, dict[str, float]]]:
+    """Adaptation curves per stage -> TensorBoard points: adapt/<stage>/<metric> and the mean over
+    stages adapt/x_pos, adapt/flag_rate, adapt/return, at each adaptation step."""
+    stages = list(curves)
+    out = []
+    for i, (k, _) in enumerate(curves[stages[0]]):
+        point = {f"adapt/{s}/{key.split('/', 1)[1]}": v for s in stages for key, v in curves[s][i][1].items()}
+        for name, key in (("x_pos", "mario/x_pos"), ("flag_rate", "mario/flag_rate"), ("return", "episode/return")):
+            point[f"adapt/{name}"] = float(np.mean([curves[s][i][1][key] for s in stages]))
+        out.append((k, point))
+    return out

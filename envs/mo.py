@@ -4,8 +4,8 @@ MO-Gymnasium envs are plain Gymnasium envs whose reward is a vector (one entry p
 objective). This module adds what the multi-objective algorithms need on top:
 
 * `make_env(cfg_env)`: one env from the `env` config (`env.id`, plus per-env defaults);
-* `VectorEnv`: N copies stepped in lockstep with immediate auto-reset, returning the
-  final observation of truncated episodes (for bootstrapping) and vector rewards [N, m];
+* `make_vector_env(cfg_env, n)`: n copies with episode statistics in one vector env with
+  vector rewards [n, m] (gymnasium's SyncVectorEnv, same-step autoreset);
 * `reference_point`, `known_front`, `objective_names`: what the metrics need.
 
 The extra is optional: `pip install -e ".[mo]"` (mo-gymnasium[mujoco], morl-baselines).
@@ -38,7 +38,8 @@ class Preset:
     float_state: bool = False  # accepts the float_state flag (deep-sea-treasure)
 
 
-# Reference points follow the C-MORL scripts (spec algorithms-b.md §4.5) and §4.10 for DST.
+# Reference points: -100 per objective on MuJoCo (the C-MORL authors' scripts); (0, -25) on
+# deep-sea-treasure (docs/cmorl.md).
 PRESETS: dict[str, Preset] = {
     "deep-sea-treasure-concave-v0": Preset((0.0, -25.0), ("treasure", "time"), float_state=True),
     "deep-sea-treasure-v0": Preset((0.0, -25.0), ("treasure", "time"), float_state=True),
@@ -105,40 +106,24 @@ def known_front(env, gamma: float) -> np.ndarray | None:
         return None
 
 
-class VectorEnv:
-    """N envs stepped in lockstep. When an episode ends the env is reset at once, so `obs`
-    is always the next observation to act on; for truncated episodes (time limits) the
-    last observation comes back in `final_obs` so the learner can bootstrap from it."""
+def make_vector_env(env_cfg, n: int):
+    """n copies of make_env(env_cfg), each with mo-gymnasium's MORecordEpisodeStatistics (the
+    vector return of every finished episode), in a VectorRewardSyncEnv."""
+    from mo_gymnasium.wrappers import MORecordEpisodeStatistics
 
-    def __init__(self, make, n: int):
-        self.envs = [make() for _ in range(n)]
-        self.n = n
-        self.single_observation_space = self.envs[0].observation_space
-        self.single_action_space = self.envs[0].action_space
-        self.m = num_objectives(self.envs[0])
+    return VectorRewardSyncEnv([lambda: MORecordEpisodeStatistics(make_env(env_cfg)) for _ in range(n)])
 
-    def reset(self, seeds: list[int]) -> np.ndarray:
-        self.seed_counter = [int(s) for s in seeds]
-        return np.stack([np.asarray(env.reset(seed=s)[0], dtype=np.float32) for env, s in zip(self.envs, seeds)])
 
-    def step(self, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-        """-> obs [N, d], rewards [N, m], terminated [N], truncated [N], final_obs {env index: obs}."""
-        obs, rewards = [], np.zeros((self.n, self.m), dtype=np.float64)
-        terminated, truncated = np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=bool)
-        final_obs: dict[int, np.ndarray] = {}
-        for i, (env, action) in enumerate(zip(self.envs, actions)):
-            o, r, term, trunc, _ = env.step(action)
-            rewards[i], terminated[i], truncated[i] = r, term, trunc
-            if term or trunc:
-                final_obs[i] = np.asarray(o, dtype=np.float32)
-                self.seed_counter[i] += 1_000  # a different, reproducible start for the next episode
-                o, _ = env.reset(seed=self.seed_counter[i])
-            obs.append(np.asarray(o, dtype=np.float32))
-        return np.stack(obs), rewards, terminated, truncated, final_obs
+class VectorRewardSyncEnv(gym.vector.SyncVectorEnv):
+    """gymnasium's SyncVectorEnv (stepped in this process) in SAME_STEP autoreset mode, with
+    rewards [n, m]: an ended episode's env is reset inside that step, its last observation and
+    info (with the episode statistics) in info["final_obs"], info["final_info"]. (mo-gymnasium's
+    own MOSyncVectorEnv autoresets only at the NEXT step, which spends one step per episode.)"""
 
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
+    def __init__(self, env_fns):
+        super().__init__(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.reward_space = self.envs[0].unwrapped.reward_space
+        self._rewards = np.zeros((self.num_envs, self.reward_space.shape[0]))  # gymnasium keeps one float per env
 
 
 EVAL_SEED = 1_000_000  # evaluation episodes start from seeds EVAL_SEED + e: the same for every policy

@@ -1,4 +1,4 @@
-"""Atomic checkpoints that resume exactly (DESIGN.md contract 7).
+"""Atomic checkpoints that resume exactly (docs/layout.md, contract 7).
 
 Layout of a run directory:
     runs/<run>/config.yaml                    resolved config

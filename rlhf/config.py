@@ -1,4 +1,4 @@
-"""Config checks that run before any work starts (DESIGN.md contract 5).
+"""Config checks that run before any work starts (docs/layout.md, contract 5).
 
 Hydra itself rejects unknown groups and group values (listing the available options).
 This module adds what Hydra cannot know: keys given on the command line that do not exist
@@ -169,15 +169,6 @@ def _check_combinations(cfg: DictConfig) -> None:
                           "valid choices here: algo.critic_init=auto or policy")
     if cfg.algo.name == "ppo" and not 0.0 <= float(cfg.algo.gamma) <= 1.0:
         raise ConfigError(f"algo.gamma={cfg.algo.gamma} must lie in [0, 1]")
-    if cfg.algo.name == "constrained_ppo" and cfg.reward.name != "composite":
-        raise ConfigError(f"algo=constrained_ppo constrains the components of a composite reward; got "
-                          f"reward={cfg.reward.name} (valid choice: reward=composite)")
-    if cfg.algo.name == "constrained_ppo" and cfg.algo.thresholds is None and cfg.algo.threshold_search == "none":
-        raise ConfigError("algo=constrained_ppo needs algo.thresholds (a list, one per component, or the file of "
-                          "`python -m rlhf.proxy_points`), or algo.threshold_search=nelder_mead")
-    if cfg.algo.name == "dno" and not bool(cfg.algo.teacher) and cfg.algo.pairs != "all":
-        raise ConfigError(f"algo.pairs={cfg.algo.pairs} pairs the teacher with student samples, but algo.teacher=false; "
-                          "valid choices: algo.teacher=true, or algo.pairs=all")
     _check_launcher(cfg.launcher)
     if cfg.device == "cuda":
         import torch

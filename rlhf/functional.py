@@ -199,7 +199,7 @@ def clipped_surrogate(signal: torch.Tensor, value: torch.Tensor, old_value: torc
 
 
 # ---------------------------------------------------------------------------------------
-# reward-model ensembles and best-of-n (Coste et al. 2024, spec algorithms-b.md §3)
+# reward-model ensembles and best-of-n (Coste et al. 2024)
 
 def best_of_n_kl(n: int) -> float:
     """Analytic KL(best-of-n policy || base policy) = log n - (n - 1) / n (Stiennon et al.)."""
@@ -236,7 +236,7 @@ def _log_comb(n, k):
 
 
 # ---------------------------------------------------------------------------------------
-# value-guided decoding (VAS, Han et al. 2024, spec algorithms-a.md §4.3)
+# value-guided decoding (VAS, Han et al. 2024)
 
 
 def value_guided_logits(logits: torch.Tensor, candidate_ids: torch.Tensor, candidate_values: torch.Tensor,
@@ -259,7 +259,7 @@ def value_guided_logits(logits: torch.Tensor, candidate_ids: torch.Tensor, candi
 
 
 # ---------------------------------------------------------------------------------------
-# Lagrangian mixing of constrained RLHF (Moskovitz et al. 2024, spec algorithms-b.md §2.4)
+# Lagrangian mixing of constrained RLHF (Moskovitz et al. 2024)
 
 CONSTRAINT_FORMS = ("mu", "xi", "all")  # v_i >= theta_i | v_i = theta_i | v_i <= theta_i (with v_i in the task)
 
@@ -288,7 +288,7 @@ def constraint_violation(values: torch.Tensor, thresholds: torch.Tensor, form: s
                          tolerance: float = 0.0) -> torch.Tensor:
     """Signed distance of each constrained return from its threshold, v_i - theta_i, with
     a dead band |v_i - theta_i| <= tolerance * |theta_i| counted as 0 (equality constraints
-    oscillate without one; spec §2.8)."""
+    oscillate without one)."""
     gap = values - thresholds
     band = tolerance * thresholds.abs()
     return torch.sign(gap) * (gap.abs() - band).clamp(min=0.0)

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from envs.games import GAMES, ExternalOpponent, GameRecord, RepeatedGameEnv, import_axelrod, strategy_class
-from rlhf.rollout.engine import HFEngine, SamplingParams
+from rlhf.rollout.engine import SamplingParams
+from rlhf.rollout.factory import make_engine
 from rlhf.rollout.runner import EpisodeRunner
 
 EVAL_SEED = 9_000_000_000  # behavioural-evaluation game seeds never coincide with training seeds
@@ -100,7 +101,7 @@ def play_vs_strategies(policy, tokenizer, cfg, games, opponents, n: int, seed: i
     pairs = [(g, o) for g in games for o in opponents]
     envs = [RepeatedGameEnv(games=[g], opponents=[o], **settings) for g, o in pairs for _ in range(n)]
     seeds = [EVAL_SEED + seed * 1_000_003 + i for i in range(len(envs))]
-    engine = HFEngine(policy, tokenizer, int(cfg.rollout.max_batch_size))
+    engine = make_engine(cfg, policy, tokenizer)
     runner = EpisodeRunner(engine, tokenizer, sampling_for(cfg), max_turns=int(settings["rounds"]),
                            max_total_tokens=int(policy.config.max_position_embeddings))
     was_training = policy.training
@@ -128,7 +129,7 @@ def play_llm_vs_llm(policy_a, policy_b, tokenizer, cfg, game: str, n: int, seed:
         envs = [RepeatedGameEnv(games=[game], opponent=ExternalOpponent(), **settings) for _ in range(n)]
         ids = [tokenizer(env.reset(EVAL_SEED + seed * 1_000_003 + i), add_special_tokens=False)["input_ids"]
                for i, env in enumerate(envs)]
-        sides.append((HFEngine(policy, tokenizer, int(cfg.rollout.max_batch_size)), envs, ids))
+        sides.append((make_engine(cfg, policy, tokenizer), envs, ids))
     limit = int(policy_a.config.max_position_embeddings)
     eos = tokenizer.eos_token_id
     with torch.random.fork_rng():

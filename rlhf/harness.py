@@ -1,4 +1,4 @@
-"""The run harness: what every algorithm's run shares (DESIGN.md contract 9).
+"""The run harness: what every algorithm's run shares (docs/layout.md, contract 9).
 
 An algorithm -- the shared RL loop (rlhf.trainer) or a standalone one (DPO, DNO, C-MORL,
 Reptile, best-of-n, ...) -- is a `Job`: its state, one `step()` (a phase, epoch, iteration or

@@ -29,7 +29,8 @@ from envs import base as env_base
 from envs.preference import PreferenceOracle
 from rlhf.cache import cached, source_digest
 from rlhf.functional import bradley_terry_loss
-from rlhf.rollout.engine import HFEngine, SamplingParams
+from rlhf.rollout.engine import SamplingParams
+from rlhf.rollout.factory import make_engine
 from rlhf.rollout.runner import EpisodeRunner
 
 log = logging.getLogger("rlhf")
@@ -38,7 +39,7 @@ log = logging.getLogger("rlhf")
 def sample_preference_pairs(cfg, policy_dir: Path, seed: int, log=print) -> list[dict]:
     """Two responses per train prompt from the SFT policy, each with its gold score."""
     tokenizer, policy = load_tokenizer(policy_dir), load_lm(policy_dir)
-    engine = HFEngine(policy, tokenizer, int(cfg.rollout.max_batch_size))
+    engine = make_engine(cfg, policy, tokenizer, model_dir=str(policy_dir))
     runner = EpisodeRunner(engine, tokenizer, SamplingParams.from_config(cfg.rollout), max_turns=int(cfg.env.max_turns))
     n_pairs = int(cfg.env.preference_pairs)
     torch.manual_seed(seed)
@@ -135,7 +136,7 @@ def preference_data(cfg, policy_dir: Path, log=print) -> dict:
     spec = {"env": {"name": cfg.env.name, **env_settings(cfg.env)},  # every env setting can change labels
             "data_seed": int(cfg.reward.data_seed), "validation_fraction": cfg.reward.validation_fraction,
             "labels": str(cfg.reward.labels),
-            "policy": str(Path(policy_dir).resolve()),
+            "policy": str(Path(policy_dir).resolve()), "engine": str(cfg.rollout.name),
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
             "sources": source_digest(["rlhf.reward_models", "envs.text", "rlhf.rollout.engine", "rlhf.rollout.runner"])}
 
@@ -159,6 +160,7 @@ def reward_model_dir(cfg, policy_dir: Path, log=print, seed: int | None = None) 
     seed = int(cfg.reward.seed) if seed is None else int(seed)
     training = {k: cfg.reward[k] for k in ("init", "epochs", "batch_size", "lr", "data_seed", "validation_fraction", "labels")}
     spec = {"training": training, "seed": seed, "policy": str(Path(policy_dir).resolve()),
+            "engine": str(cfg.rollout.name),
             "env": {"name": cfg.env.name, **env_settings(cfg.env)},
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
             "sources": source_digest(["rlhf.reward_models", "agents.models", "envs.text",

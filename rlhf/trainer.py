@@ -64,7 +64,7 @@ class Trainer(Job):
         # seed again so a run does not depend on what the cache held.
         seed_everything(int(cfg.seed))
 
-    # --- checked weight sync (peers.md §6.1) -------------------------------------------------
+    # --- checked weight sync -------------------------------------------------
     def build_sync_probe(self, env):
         """A few held-fixed prompts with greedy continuations of the initial policy (made by an
         HF engine over the policy, so the probe is the same whatever engine or launcher runs)."""

@@ -1,7 +1,8 @@
 """C-MORL (algo=cmorl) on MO-Gymnasium (env=mo): the weight grid, crowding distance and the
-Pareto archive on hand-made fronts, the reference-shifted threshold and the barrier on
-hand-made numbers, infeasible-start recovery, exact resume of the archive, an end-to-end
-run with evaluation, and the quick `cmorl_pareto` claim's report read back from the logs."""
+Pareto archive (rlhf.pareto) on hand-made fronts, the reference-shifted threshold and the
+barrier on hand-made numbers, infeasible-start recovery, a resume paused inside a Stage 2 round,
+an end-to-end run with evaluation, and the quick `cmorl_pareto` claim's report read back from
+the logs. (tests/test_resume_all.py checks the generic pause/resume contract for every algorithm.)"""
 from __future__ import annotations
 
 import json
@@ -16,22 +17,15 @@ import torch
 pytest.importorskip("mo_gymnasium", reason="needs the optional extra: pip install -e '.[mo]'")
 pytest.importorskip("morl_baselines", reason="needs the optional extra: pip install -e '.[mo]'")
 
-from rlhf.algos import cmorl
-from rlhf.algos.cmorl import (
-    Member,
-    ParetoArchive,
-    barrier_loss,
-    crowding_distance,
-    front_metrics,
-    shifted_threshold,
-    simplex_weights,
-    supported_points,
-)
+from rlhf.algos.cmorl import CMORL, barrier_loss, shifted_threshold
+from rlhf.control_ppo import ReturnNormalizer
+from rlhf.pareto import Member, ParetoArchive, crowding_distance, front_metrics, simplex_weights, supported_points
 from rlhf.config import ConfigError, validate
 from tests.conftest import compose_cfg, read_scalars
 
 INF = math.inf
-# a small but complete run: 2 weights x 4 updates of 4 envs x 32 steps, then 2 Stage 2 rounds
+# a small but complete run: 2 weights x 4 updates of 4 envs x 32 steps, then 2 Stage 2 rounds of 2 extensions;
+# 8 chunks (steps of the run) of 2 updates
 TINY = ["algo=cmorl", "env=mo", "algo.num_envs=4", "algo.num_steps=32", "algo.minibatches=2", "algo.weight_delta=1",
         "algo.update_iter=2", "algo.init_steps=1024", "algo.total_steps=2048", "algo.num_select=1",
         "algo.eu_delta=0.1"]
@@ -152,7 +146,7 @@ def test_barrier_loss_by_hand_and_a_negative_objective_constrains():
 
 
 def test_front_metrics_are_morl_baselines_numbers():
-    """The environments spec's check values (specs/environments.md §6) and DST's supported bound."""
+    """Hand-computed values on a 5-point front, and DST's supported-points bound."""
     front = np.array([[1, 9], [3, 7], [5, 5], [7, 3], [9, 1]], dtype=float)
     m = front_metrics(front, np.zeros(2), simplex_weights(2, 0.5))
     assert m["hypervolume"] == pytest.approx(41.0) and m["sparsity"] == pytest.approx(8.0) and m["cardinality"] == 5
@@ -168,21 +162,25 @@ def test_front_metrics_are_morl_baselines_numbers():
 
 
 def test_infeasible_start_is_detected_and_recovered(tmp_path):
-    """An archive policy with a negative objective: the authors' threshold beta*G makes it
-    infeasible from the first update (a logged recovery step); the shifted one does not."""
+    """Extending an archive policy with G = (1, -1) (ref (0, -25), beta 0.5): the authors' threshold
+    beta*G = (0.5, -0.5) puts its own time (-1) below the constraint when treasure is maximised, so
+    that extension starts with a recovery step; the reference-shifted (0.5, -13) never does."""
     counts, threads = {}, torch.get_num_threads()
-    torch.set_num_threads(1)  # as algo=cmorl runs (algo.threads): tiny MLPs
     for shift in (True, False):
-        run = cmorl.CMORL(compose_cfg([*TINY, f"algo.reference_shift={str(shift).lower()}", "algo.update_iter=1"]),
-                          tmp_path / str(shift))
-        learner = run.new_learner()
-        run.archive.update([run.snapshot(learner, np.array([1.0, -1.0]), {"test": True})])
-        run.iteration = run.stage1_iterations  # straight to Stage 2
-        run.iteration_step()
-        counts[shift] = run.counters["infeasible_starts"]
-        assert run.metrics()["cmorl/recovery_updates"] == run.counters["recovery_updates"]
-    torch.set_num_threads(threads)
-    assert counts[False] >= 1 and counts[True] == 0
+        job = CMORL(compose_cfg([*TINY, f"algo.reference_shift={str(shift).lower()}", "algo.update_iter=1"]),
+                    tmp_path / str(shift))
+        agent = job.new_agent()
+        job.archive.update([Member(np.array([1.0, -1.0]), agent.state_dict(), ReturnNormalizer(2, 0.99).state_dict(),
+                                   {"test": True}, 1)])
+        job.steps_done = job.stage1_jobs  # straight to Stage 2: one round = 2 extensions (treasure, time)
+        first = job.step()
+        job.steps_done += 1
+        job.step()
+        job.close()
+        counts[shift] = (job.counters["infeasible_starts"], first["cmorl/recovery"])
+        assert job.metrics()["cmorl/recovery_updates"] == job.counters["recovery_updates"] == counts[shift][0]
+    assert torch.get_num_threads() == threads  # close() gives the caller its thread count back
+    assert counts == {True: (0, 0.0), False: (1, 1.0)}
 
 
 # --- 5. runs through rlhf.train -------------------------------------------------------------
@@ -203,16 +201,19 @@ def test_end_to_end_run_logs_checkpoints_and_evaluates(train_run):
     run_dir = train_run(TINY, "cmorl")
     scalars = read_scalars(run_dir)
     for name in ("hypervolume", "expected_utility", "sparsity", "cardinality", "archive_size"):
-        assert len(scalars[f"morl/{name}"]) == 4, name  # 2 Stage 1 + 2 Stage 2 iterations
-    assert [s for s, _ in scalars["morl/hypervolume"]] == [512, 1024, 1536, 2048]  # step = env steps x envs
-    assert [v for _, v in scalars["cmorl/stage"]] == [1, 1, 2, 2]
-    final = json.loads((run_dir / "eval" / "step_002048.json").read_text())
+        assert len(scalars[f"morl/{name}"]) == 4, name  # after each round: 2 Stage 1 + 2 Stage 2
+    assert [s for s, _ in scalars["morl/hypervolume"]] == [512, 1024, 1536, 2048]  # x = env steps x envs
+    assert [v for _, v in scalars["cmorl/stage"]] == [1, 1, 1, 1, 2, 2, 2, 2]  # every chunk
+    assert [v for _, v in scalars["morl/pool_size"]] == [4, 4, 4, 4]  # every update's policy is a candidate
+    final = json.loads((run_dir / "eval" / "step_000008.json").read_text())
     assert final["hypervolume"] == pytest.approx(scalars["morl/hypervolume"][-1][1], rel=1e-6)
+    assert final["env_steps"] == 2048
     state = torch.load(ckpt.latest_checkpoint(run_dir) / ckpt.STATE, weights_only=False)
-    assert state["step"] == 2048 and state["config"]["algo"]["name"] == "cmorl"
+    assert state["step"] == 8 and state["env_steps"] == 2048 and state["config"]["algo"]["name"] == "cmorl"
     front = json.loads((run_dir / "front.json").read_text())
     assert len(state["archive"]["members"]) == len(front["points"]) == final["archive_size"]
-    assert len(state["archive"]["history"]) == 2  # num_select=1 per Stage 2 iteration
+    assert len(state["archive"]["history"]) == 2  # num_select=1 per Stage 2 round
+    assert front == json.loads((ckpt.latest_checkpoint(run_dir) / "front.json").read_text())
     if not front["points"]:
         pytest.skip("the tiny run's archive is empty; nothing to choose from")
     points = np.array(front["points"])
@@ -222,45 +223,29 @@ def test_end_to_end_run_logs_checkpoints_and_evaluates(train_run):
         assert float(np.dot(w, chosen)) == pytest.approx(best)
         # DST is deterministic: re-running the chosen policy gives its archived returns
         assert metrics["chosen/treasure"] == pytest.approx(chosen[0]) and metrics["chosen/time"] == pytest.approx(chosen[1])
-    assert (run_dir / "eval" / "front_step_002048.png").stat().st_size > 1000
+    assert (run_dir / "eval" / "front_step_000008.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="eval.preference"):
         evaluate_main([f"run={run_dir}", "eval.preference=[1,0,0]"])
 
 
-def test_resume_continues_the_archive_exactly(tmp_path, monkeypatch):
-    """train(all) == train(until the 2nd checkpoint) + kill + resume: same archive, same HV series."""
+def test_resume_inside_a_stage2_round_continues_the_archive_exactly(tmp_path):
+    """Paused after chunk 5 (the first extension of the first Stage 2 round: the round's other
+    extension and its pool of candidates are pending) and resumed: the same archive, origins
+    and selection history as the run made in one go."""
+    from rlhf import checkpoint as ckpt
     from rlhf.train import run
 
-    full = tmp_path / "full"
-    run(compose_cfg(TINY), full)
-
-    class Killed(Exception):
-        pass
-
-    save, calls = cmorl.CMORL.save, []
-
-    def save_then_die(self):
-        path = save(self)
-        calls.append(path)
-        if len(calls) == 2:
-            raise Killed
-        return path
-
-    part = tmp_path / "part"
-    monkeypatch.setattr(cmorl.CMORL, "save", save_then_die)
-    with pytest.raises(Killed):
-        run(compose_cfg(TINY), part)
-    monkeypatch.setattr(cmorl.CMORL, "save", save)
-    state = torch.load(calls[-1] / "trainer_state.pt", weights_only=False)
-    assert state["iteration"] == 2 and len(state["stage1"]) == 2 and "members" in state["archive"]
-    run(compose_cfg([*TINY, "train.resume=true"]), part)
-    a, b = json.loads((full / "front.json").read_text()), json.loads((part / "front.json").read_text())
+    run(compose_cfg(TINY), tmp_path / "full")
+    run(compose_cfg([*TINY, "train.stop_after=5"]), tmp_path / "part")
+    paused = torch.load(ckpt.latest_checkpoint(tmp_path / "part") / ckpt.STATE, weights_only=False)
+    assert paused["step"] == 5 and len(paused["queue"]) == 1 and len(paused["pool"]) == 2
+    run(compose_cfg([*TINY, "train.resume=true"]), tmp_path / "part")
+    a, b = (json.loads((tmp_path / d / "front.json").read_text()) for d in ("full", "part"))
     assert a["points"] == b["points"] and a["origins"] == b["origins"]
-    hv_a, hv_b = read_scalars(full)["morl/hypervolume"], read_scalars(part)["morl/hypervolume"]
-    assert hv_a == hv_b
-    loss_a, loss_b = read_scalars(full)["loss/value"], read_scalars(part)["loss/value"]
-    assert [s for s, _ in loss_a] == [s for s, _ in loss_b]
-    np.testing.assert_allclose([v for _, v in loss_a], [v for _, v in loss_b], rtol=1e-5)
+    history = [torch.load(ckpt.latest_checkpoint(tmp_path / d) / ckpt.STATE, weights_only=False)["archive"]["history"]
+               for d in ("full", "part")]
+    assert history[0] == history[1]
+    assert read_scalars(tmp_path / "full")["morl/hypervolume"] == read_scalars(tmp_path / "part")["morl/hypervolume"]
 
 
 # --- the claim ------------------------------------------------------------------------------

@@ -13,19 +13,19 @@ from conftest import SMALL, compose_cfg
 
 from envs.composite import COMPONENTS, CompositeScorer, detail_lexicon, praise_lexicon
 from rlhf import checkpoint as ckpt
-from rlhf.algos.constrained_ppo import NelderMead, load_thresholds
+from rlhf.algos.constrained_ppo import load_thresholds
 from rlhf.config import ConfigError, validate
 from rlhf.functional import constraint_violation, lagrange_loss, mixed_advantage, squash_multipliers
 from rlhf.logger import read_scalars
+from rlhf.nelder_mead import NelderMead
 
 
 def test_parameterizations_keep_their_ranges():
     raw = torch.tensor([-50.0, -1.0, 0.0, 1.0, 50.0])
-    for form in ("mu", "all"):
-        w = squash_multipliers(raw, form)
-        assert (w >= 0).all() and (w <= 1).all() and w[2] == 0.5
-    xi = squash_multipliers(raw, "xi")
-    assert (xi >= -1).all() and (xi <= 1).all() and xi[2] == 0 and xi[0] < -0.99
+    for form in ("mu", "all"):  # sigmoid: a weight in (0, 1), saturating at both ends
+        assert squash_multipliers(raw, form).tolist() == pytest.approx([0.0, 0.2689, 0.5, 0.7311, 1.0], abs=1e-4)
+    # tanh: xi can push a component down as well as up
+    assert squash_multipliers(raw, "xi").tolist() == pytest.approx([-1.0, -0.7616, 0.0, 0.7616, 1.0], abs=1e-4)
     with pytest.raises(ValueError, match="valid choices: mu, xi, all"):
         squash_multipliers(raw, "nu")
 
@@ -146,6 +146,10 @@ def test_config_errors_name_the_valid_choices():
     with pytest.raises(ConfigError, match="valid choices: mu, xi, all"):
         validate(compose_cfg(["algo=constrained_ppo", "reward=composite", "algo.thresholds=[0.1,0.2]",
                               "algo.form=equal"]))
+    with pytest.raises(ConfigError, match=r"one value per component \['praise', 'detail'\]"):
+        validate(compose_cfg(["algo=constrained_ppo", "reward=composite", "algo.thresholds=[0.1]"]))
+    with pytest.raises(ConfigError, match="no such file; write it with `python -m rlhf.proxy_points"):
+        validate(compose_cfg(["algo=constrained_ppo", "reward=composite", "algo.thresholds=/no/such/pp.json"]))
     validate(compose_cfg(["algo=constrained_ppo", "reward=composite", "algo.threshold_search=nelder_mead"]))
 
 
@@ -198,8 +202,9 @@ def test_multipliers_resume_exactly(train_run):
     split = train_run(common + ["train.steps=2"], "split")
     train_run(common + ["train.steps=4", f"train.resume={split}"], "split")
     a, b = ckpt.load_checkpoint(ckpt.latest_checkpoint(straight))[0], ckpt.load_checkpoint(ckpt.latest_checkpoint(split))[0]
-    assert torch.equal(a["algo"]["raw_multipliers"], b["algo"]["raw_multipliers"])
-    assert not torch.equal(a["algo"]["raw_multipliers"], torch.zeros(2))  # they moved
+    assert torch.equal(a["algo_state"]["raw_multipliers"], b["algo_state"]["raw_multipliers"])
+    initial = 0.01 * torch.randn(2, generator=torch.Generator().manual_seed(0))  # lambda ~ N(0, 0.01^2) at seed 0
+    assert (a["algo_state"]["raw_multipliers"] - initial).abs().min() > 1e-3  # they moved
     tail_a, tail_b = lagrange_tail(straight), lagrange_tail(split)
     assert set(tail_a) == {f"lagrange/lambda_{n}" for n in COMPONENTS}
     for tag in tail_a:

@@ -1,6 +1,7 @@
 """algo=dpo and algo=dno end to end on the tiny text task: every loss trains and moves the
 policy the right way on its own data, Curry-DPO stages, JSONL data, reference caching,
-checkpoint/resume, config errors; DNO iterations log their win rates."""
+checkpoint/resume (per-optimizer-step curves included), config errors; DNO iterations log
+their win rates and keep every iterate."""
 import json
 
 import pytest
@@ -60,6 +61,12 @@ def test_resume_is_exact(train_run):
     resumed = train_run([*DPO_SMALL, "algo.epochs=2", f"train.resume={half_ckpt}"], name="resumed")
     a, b = final_weights(whole), final_weights(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # the per-optimizer-step curve is whole in the resumed run too: 48 pairs / 16 = 3 steps per epoch
+    steps_whole, steps_resumed = read_scalars(whole)["dpo_step/loss"], read_scalars(resumed)["dpo_step/loss"]
+    assert [x for x, _ in steps_whole] == [1, 2, 3, 4, 5, 6]
+    # a resume re-writes the rows at x > epochs done (in a resumed run dir TensorBoard purges them)
+    assert [x for x, _ in steps_resumed] == [2, 3, 4, 5, 6]
+    assert [v for _, v in steps_resumed] == pytest.approx([v for _, v in steps_whole[1:]], abs=1e-6)
 
 
 def test_reference_logps_are_computed_once_per_stage(train_run, monkeypatch):
@@ -81,6 +88,8 @@ def test_bad_dpo_config_names_the_choices():
         validate(compose_cfg(["algo=dno", "algo.oracle=majority"]))
     with pytest.raises(ConfigError, match="algo.pairs=spin pairs the teacher"):
         validate(compose_cfg(["algo=dno", "algo.teacher=false", "algo.pairs=spin"]))
+    with pytest.raises(ConfigError, match="algo.data=/no/such/prefs.jsonl is not a file"):
+        validate(compose_cfg(["algo=dpo", "algo.data=/no/such/prefs.jsonl"]))
 
 
 def test_dno_iterations_log_win_rates_and_pairs(train_run):
@@ -94,13 +103,21 @@ def test_dno_iterations_log_win_rates_and_pairs(train_run):
     assert [step for step, _ in curve] == [1, 2, 3]
     assert curve[0][1] == pytest.approx(0.5)  # pi_1 against itself, same samples
     assert all(value > 0 for _, value in scalars["dno/pairs"])
-    policy = load_lm(sorted((run_dir / "checkpoints").glob("step_*"))[-1] / "hf")
-    assert policy is not None
+    # checkpoint t holds iterate pi_{t+1}; every iterate is kept (keep_checkpoints is 2 by default)
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
+    assert [c.name for c in checkpoints] == ["step_000001", "step_000002"]
+    hf = load_lm(checkpoints[-1] / "hf").state_dict()
+    trained = torch.load(checkpoints[-1] / "policy.pt", weights_only=True)
+    assert all(torch.equal(hf[k], trained[k]) for k in trained)  # the HF copy is the trained policy
+    final = json.loads((run_dir / "eval" / "step_000002.json").read_text())
+    values = [v for _, v in curve]
+    assert final["best_iteration"] == values.index(max(values)) + 1
+    assert final["dno/win_rate_vs_initial"] == pytest.approx(values[-1])
 
 
-def test_dno_rejects_overlapping_partitions(train_run):
-    with pytest.raises(ValueError, match="partitions must not overlap"):
-        train_run([*SMALL, "algo=dno", "algo.iterations=5", "algo.prompts_per_iteration=100"], name="overlap")
+def test_dno_rejects_overlapping_partitions():
+    with pytest.raises(ConfigError, match="partitions must not overlap"):
+        validate(compose_cfg(["algo=dno", "algo.iterations=5", "algo.prompts_per_iteration=100"]))
 
 
 def test_quick_dno_claim_reports_logged_numbers(tmp_path):
@@ -133,10 +150,8 @@ def test_dno_mixed_reference_interpolates_log_probs():
 
 @pytest.mark.parametrize("tau", ["-0.01", "0.2"])
 def test_dno_ref_mix_tau_outside_zero_to_eta_is_rejected(tau):
-    from rlhf.algos.dno import mixture_weight
-
-    with pytest.raises(ValueError, match=rf"algo.ref_mix_tau={float(tau)} must lie in \[0, algo.eta=0.1\]"):
-        mixture_weight(compose_cfg(["algo=dno", f"algo.ref_mix_tau={tau}"]))
+    with pytest.raises(ConfigError, match=rf"algo.ref_mix_tau={float(tau)} must lie in \[0, algo.eta=0.1\]"):
+        validate(compose_cfg(["algo=dno", f"algo.ref_mix_tau={tau}"]))
 
 
 def test_dno_regularized_reference_is_wired_into_the_update():

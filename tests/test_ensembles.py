@@ -1,4 +1,5 @@
-"""Reward-model ensembles (WCO/UWO) and best-of-n (Coste et al. 2024, spec §3)."""
+"""Reward-model ensembles (WCO/UWO) and best-of-n (Coste et al. 2024, "Reward Model Ensembles Help
+Mitigate Overoptimization")."""
 from __future__ import annotations
 
 import itertools
@@ -148,9 +149,21 @@ def test_best_of_n_pool_is_shared_only_by_runs_that_sample_alike(tmp_path):
 
 @pytest.mark.parametrize("kl_coef", [0.0, 0.05])
 def test_ppo_with_ensemble_rewards(train_run, kl_coef):
-    run_dir = train_run(ENSEMBLE_SMALL + ["algo=ppo", "reward.objective=uwo", f"algo.kl_coef={kl_coef}",
-                                          "train.steps=2"], f"ppo-{kl_coef}")
+    """PPO optimizes the UWO score of a 2-member ensemble. Two members: per sample, min = mean - std
+    (population std) and UWO = mean - lambda * std^2, so over a batch min = mean - std exactly and
+    UWO <= mean - lambda * std^2 (Jensen), strictly below the plain mean once members disagree.
+    The KL penalty is -beta * (sequence KL) per episode: 0 with beta = 0."""
+    run_dir = train_run(ENSEMBLE_SMALL + ["algo=ppo", "reward.objective=uwo", "reward.uwo_lambda=0.5",
+                                          f"algo.kl_coef={kl_coef}", "train.steps=2"], f"ppo-{kl_coef}")
     scalars = read_scalars(run_dir)
-    assert all(v > 0 for _, v in scalars["ensemble/std"])
-    assert all(mn <= mean for (_, mn), (_, mean) in zip(scalars["ensemble/min"], scalars["ensemble/mean"]))
+    steps = [s for s, _ in scalars["objective/scores"]]
+    assert len(steps) == 2
+    for i in range(len(steps)):
+        mean, low, std = (scalars[f"ensemble/{key}"][i][1] for key in ("mean", "min", "std"))
+        uwo = scalars["objective/scores"][i][1]
+        assert low == pytest.approx(mean - std, abs=1e-5)
+        assert std > 1e-3, "the two members (different seeds) must disagree"
+        assert uwo <= mean - 0.5 * std**2 + 1e-5
+        kl = scalars["objective/kl"][i][1]
+        assert scalars["objective/non_score_reward"][i][1] == pytest.approx(-kl_coef * kl, abs=1e-5)
     assert "eval/proxy" in scalars

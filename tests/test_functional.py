@@ -41,12 +41,11 @@ def test_masked_mean_ignores_masked_positions_even_nan_and_huge():
 
 
 def test_masked_mean_per_row():
-    """masked_mean(dim=-1) averages each row over its own valid positions; an all-masked row stays finite."""
+    """masked_mean(dim=-1) averages each row over its own valid positions; an all-masked row gives 0 (not NaN)."""
     mask = t([[1, 1, 0], [0, 0, 1], [0, 0, 0]])
     x = t([[3.0, 5.0, float("nan")], [1e300, float("nan"), -2.0], [float("nan"), 7.0, 1.0]])
     out = masked_mean(x, mask, dim=-1)
-    assert_close(out[:2], [(3.0 + 5.0) / 2, -2.0])
-    assert torch.isfinite(out[2])
+    assert_close(out, [(3.0 + 5.0) / 2, -2.0, 0.0])
 
 
 def test_masked_whiten_matches_hand_computation():
@@ -314,7 +313,6 @@ def test_clipped_importance_weight_clips_without_overflow_and_is_detached():
     x = t([0.0, 1.0, -1.0, 5.0, -5.0, 1000.0, -1000.0]).requires_grad_(True)
     w = clipped_importance_weight(x, 10.0)
     assert_close(w, [1.0, math.e, 1 / math.e, 10.0, 0.1, 10.0, 0.1])
-    assert torch.isfinite(w).all()
     assert not w.requires_grad and w.grad_fn is None
 
 

@@ -1,7 +1,8 @@
 """Super Mario Bros (env=mario) and its algorithms: wrapper shapes and dtypes, gymnasium's
-check_env, observation copies, stage selection, the Reptile outer step on hand-made weights,
-exact Reptile resume, short SB3 (PPO, DQN) and RLlib runs that log the shared metric names and
-whose checkpoints load again (resume, rlhf.evaluate), and the quick `mario_reptile` claim.
+check_env, observation copies, stage selection, the vector env's episode statistics, the Reptile
+outer step on hand-made weights, exact Reptile resume (both meta modes), short SB3 (PPO, DQN) and
+RLlib runs that log the shared metric names and whose checkpoints load again (resume,
+rlhf.evaluate), and the quick `mario_reptile` claim.
 
 The Mario packages are installed in CI (a separate pip step, see docs/mario.md): nothing here
 is skipped there."""
@@ -17,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rlhf.config import ConfigError, validate
+from rlhf.config import CONFIG_ERRORS, validate
 from tests.conftest import compose_cfg, read_scalars
 
 from envs import mario  # noqa: E402  fails loudly (no skip) when setup.sh's Mario step did not run
@@ -101,9 +102,11 @@ def test_stages_are_sampled_fixed_by_task_and_validated():
     env.close()
     with pytest.raises(mario.MarioConfigError, match=r"'9-1' is not valid; valid stages: 'W-S'"):
         mario.make_env(env_cfg(stages=["9-1"]))
-    with pytest.raises(ConfigError, match=r"env.actions='jump' is not valid; valid choices: right_only, simple, complex"):
+    with pytest.raises(CONFIG_ERRORS, match=r"env.actions='jump' is not valid; valid choices: right_only, simple, complex"):
         validate(compose_cfg(["algo=reptile", "env=mario", "env.actions=jump"]))
-    with pytest.raises(ConfigError, match="runs on env kinds mario"):
+    with pytest.raises(CONFIG_ERRORS, match=r"env.resize=\[84\] must be \[height, width\]"):  # envs/ raise their own type
+        validate(compose_cfg(["algo=reptile", "env=mario", "env.resize=[84]"]))
+    with pytest.raises(CONFIG_ERRORS, match="runs on env kinds mario"):
         validate(compose_cfg(["algo=reptile", "env=text"]))
 
 
@@ -159,56 +162,81 @@ def test_reptile_outer_update_by_hand():
     assert [round(outer_lr(cfg, i, 5), 6) for i in range(5)] == [0.5, 0.4, 0.3, 0.2, 0.1]
 
 
-TINY_REPTILE = ["algo=reptile", *SMALL_ENV, "env.stages=[1-1,2-1]", "algo.num_envs=1",
-                "algo.num_steps=16",
+TINY_REPTILE = ["algo=reptile", *SMALL_ENV, "env.stages=[1-1,2-1]", "algo.num_envs=1", "algo.num_steps=16",
                 "algo.inner_updates=1", "algo.epochs=1", "algo.minibatches=2", "algo.checkpoint_every=1"]
 
 
-def test_reptile_meta_step_resume_is_exact_and_evaluate_adapts(tmp_path, train_run):
+@pytest.mark.parametrize("meta", ["reptile", "joint"])
+def test_reptile_meta_step_resume_is_exact_and_evaluate_adapts(tmp_path, train_run, meta):
+    """2 meta-iterations of 16 env steps in one go == 1 + pause + resume (joint: its Adam too);
+    total_steps=0 saves the seeded random init; evaluate adapts to the held-out stage."""
     from rlhf import checkpoint as ckpt
     from rlhf.evaluate import main as evaluate
-
-    full = train_run([*TINY_REPTILE, "algo.total_steps=32"], "full")
-    half = train_run([*TINY_REPTILE, "algo.total_steps=16"], "half")
-    theta0 = torch.load(half / "checkpoints" / "step_000016" / "policy.pt")
-    init = train_run([*TINY_REPTILE, "algo.total_steps=0"], "init")  # the seeded random init
-    start = torch.load(init / "checkpoints" / "step_000000" / "policy.pt")
-    assert any(not torch.equal(theta0[k], start[k]) for k in start)  # one meta-step moved theta
     from rlhf.train import run
 
-    cfg = compose_cfg([*TINY_REPTILE, "algo.total_steps=32", f"train.resume={half}"])
-    run(cfg, half)
-    a = torch.load(full / "checkpoints" / "step_000032" / "policy.pt")
-    b = torch.load(half / "checkpoints" / "step_000032" / "policy.pt")
+    overrides = [*TINY_REPTILE, f"algo.meta={meta}", "algo.total_steps=32"]
+    full = train_run(overrides, "full")
+    half = train_run([*overrides, "train.stop_after=1"], "half")
+    theta1 = torch.load(half / "checkpoints" / "step_000001" / "policy.pt")
+    init = train_run([*TINY_REPTILE, f"algo.meta={meta}", "algo.total_steps=0"], "init")  # the seeded random init
+    start = torch.load(init / "checkpoints" / "step_000000" / "policy.pt")
+    assert all(torch.equal(a, b) for a, b in zip(start.values(), mario_policy_init().values()))
+    assert any(not torch.equal(theta1[k], start[k]) for k in start)  # one meta-step moved theta
+    run(compose_cfg([*overrides, "train.resume=true"]), half)
+    a = torch.load(full / "checkpoints" / "step_000002" / "policy.pt")
+    b = torch.load(half / "checkpoints" / "step_000002" / "policy.pt")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     scalars = read_scalars(full)
-    assert all(name in scalars for name in SHARED) and [s for s, _ in scalars["mario/x_pos"]][-1] == 32
-    assert ckpt.latest_checkpoint(full).name == "step_000032"
+    assert all(name in scalars for name in SHARED)
+    assert [s for s, _ in scalars["reptile/outer_lr"]] == [16, 32]  # x = env steps
+    assert [v for _, v in scalars["reptile/outer_lr"]] == pytest.approx([0.5, 0.05] if meta == "reptile" else [1.0, 1.0])
+    assert ckpt.latest_checkpoint(full).name == "step_000002"
+    if meta == "joint":
+        return
     metrics = evaluate([f"run={full}", "eval.adapt_steps=16", "eval.adapt_points=2", "eval.gif=true"])
     assert {"1-2/mario/x_pos", "adapt/x_pos", "adapt/flag_rate", "mario/flag_rate"} <= set(metrics)
-    assert [s for s, _ in read_scalars(full)["adapt/x_pos"]] == [0, 16]
+    curve = read_scalars(full)["adapt/x_pos"]
+    assert [s for s, _ in curve] == [0, 16] and curve[-1][1] == metrics["adapt/x_pos"]
     assert (full / "eval" / "episode_1-2.gif").stat().st_size > 1000
+
+
+def mario_policy_init() -> dict[str, torch.Tensor]:
+    """The network algo=reptile builds right after the harness seeds torch with seed=0."""
+    from rlhf.algos.reptile import build_policy
+    from rlhf.harness import seed_everything
+
+    seed_everything(0)
+    return build_policy(compose_cfg(TINY_REPTILE)).state_dict()
 
 
 # --- stable-baselines3 and RLlib -----------------------------------------------------------------
 
 @pytest.mark.parametrize("algo, extra", [
-    ("sb3_ppo", ["algo.num_envs=2", "algo.n_steps=32", "algo.batch_size=32", "algo.n_epochs=1"]),
-    ("sb3_dqn", ["algo.learning_starts=16", "algo.buffer_size=200", "algo.target_update_interval=32"]),
+    ("sb3_ppo", ["algo.num_envs=2", "algo.n_steps=32", "algo.batch_size=32", "algo.n_epochs=1", "algo.chunk_steps=64"]),
+    ("sb3_dqn", ["algo.learning_starts=16", "algo.buffer_size=200", "algo.target_update_interval=32",
+                 "algo.chunk_steps=32", "algo.exploration_fraction=1.0"]),
 ])
 def test_sb3_short_run_logs_shared_names_and_checkpoint_round_trips(tmp_path, train_run, algo, extra):
+    """A run extended by resume (a larger budget) logs one point per chunk (x = env steps) and its
+    SB3 zip evaluates; DQN's epsilon decays over the whole budget, not over each chunk."""
     from rlhf.evaluate import main as evaluate
     from rlhf.train import run
 
-    overrides = [f"algo={algo}", *SMALL_ENV, "algo.log_every=32", *extra]
+    overrides = [f"algo={algo}", *SMALL_ENV, *extra]
     run_dir = train_run([*overrides, "algo.total_steps=64"], algo)
+    run(compose_cfg([*overrides, "algo.total_steps=128", f"train.resume={run_dir}"]), run_dir)  # resume, extend
     scalars = read_scalars(run_dir)
     assert all(name in scalars for name in SHARED), sorted(scalars)
-    assert "loss/policy" in scalars if algo == "sb3_ppo" else "dqn/epsilon" in scalars
-    run(compose_cfg([*overrides, "algo.total_steps=128", f"train.resume={run_dir}"]), run_dir)  # resume
-    state = torch.load(run_dir / "checkpoints" / "step_000128" / "trainer_state.pt", weights_only=False)
-    assert state["step"] == 128
+    chunk = 64 if algo == "sb3_ppo" else 32
+    assert [s for s, _ in scalars["perf/env_steps_per_s"]] == list(range(chunk, 129, chunk))
+    if algo == "sb3_ppo":
+        assert "loss/policy" in scalars and "policy/entropy" in scalars
+    else:  # epsilon decays linearly 1 -> 0.05 over the budget: 64 steps in the first run, 128 after the resume
+        eps = dict(scalars["dqn/epsilon"])
+        assert [eps[32], eps[96], eps[128]] == pytest.approx([1 - 0.95 * 32 / 64, 1 - 0.95 * 96 / 128, 0.05])
+    state = torch.load(run_dir / "checkpoints" / f"step_{128 // chunk:06d}" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 128 // chunk and state["counters"]["num_timesteps"] == 128
     metrics = evaluate([f"run={run_dir}", "eval.stages=all"])
     assert {"1-1/mario/x_pos", "1-2/mario/x_pos", "mario/flag_rate", "episode/return"} <= set(metrics)
 

@@ -1,4 +1,6 @@
-"""Hand-computed checks of rlhf.algos.p3o.p3o_pair_loss against specs/algorithms-a.md §1.4 and §1.9.
+"""Hand-computed checks of rlhf.algos.p3o.p3o_pair_loss: the clipped pairwise objectives (joint V2, separate V1,
+tokenwise) of Wu et al. 2023 ("Pairwise Proximal Policy Optimization"), and the invariance of the gradient to a
+per-prompt reward shift (the paper's invariance to equivalent rewards).
 
 Rows 2k and 2k+1 of the per-token tensors are pair k (y1, y2); u_i = sum of per-token log-probs over
 mask==1 tokens. Expected values are computed with plain Python floats, never with the code under test.
@@ -137,7 +139,8 @@ def _loss_grad(rewards: torch.Tensor, logp_init: torch.Tensor, old: torch.Tensor
 
 @pytest.mark.parametrize("clip,tokenwise", [("joint", False), ("separate", False), ("separate", True)])
 def test_reward_shift_invariance(clip, tokenwise):
-    """Spec §1.9 unit test: grad L(r) == grad L(r + delta(x)) to 1e-6 (delta shared within a pair, different across pairs)."""
+    """Invariance to equivalent rewards (Wu et al. 2023): grad L(r) == grad L(r + delta(x)) to 1e-6 (delta shared
+    within a pair, different across pairs)."""
     gen = torch.Generator().manual_seed(0)
     n_pairs, length = 4, 6
     mask = torch.ones(2 * n_pairs, length, dtype=F64)

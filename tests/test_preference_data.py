@@ -1,5 +1,6 @@
 """Preference data: the JSONL schema and its errors, pair construction (best-vs-worst,
-Curry-DPO stages), tensors; the preference oracles; DNO's annotation and pair rules."""
+Curry-DPO stages), tensors; the preference oracles; the text task's teacher; DNO's annotation
+and pair rules; exact win rates."""
 import json
 import random
 
@@ -7,9 +8,12 @@ import numpy as np
 import pytest
 
 from envs.preference import Features, PreferenceOracle, cycle, length_class
+from envs.text.gold import gold_components
+from envs.text.teacher import degenerate, teacher_response
 from rlhf.algos import dno
-from rlhf.algos.dpo import list_labels, pad_lists
 from rlhf.preference import data as prefs
+from rlhf.preference.train import list_labels, pad_lists
+from rlhf.preference.winrate import win_rate
 
 
 class CharTokenizer:
@@ -151,13 +155,27 @@ def test_build_pairs_teacher_margin_two_and_duplicates_dropped():
     assert (2, 1) in pairs  # student 5 vs 4: margin 1
 
 
-def test_annotate_ranks_by_pairwise_win_rate_and_flags_defects():
+def test_annotate_ranks_by_pairwise_win_rate_and_flags_defects(monkeypatch):
     oracle = PreferenceOracle("gold")
     texts = [" the food was great.", " the food was bad.", " the food was great. the food was great."]
-    scores = oracle_scores = dno.annotate(oracle, texts)
-    assert oracle_scores[2] == 1  # repeated 3-gram: the defect detector
-    assert scores[0] > scores[1]
-    assert all(1 <= s <= 6 for s in scores)
+    # gold 0.81, 0.23, 0.66: mean win rates 0.81, 0.03, 0.60 -> 1 + round(5 w) = 5, 1, 4
+    assert dno.annotate(oracle, texts) == [5, 1, 1]  # the repeated 3-gram scores 1: the defect detector
+    monkeypatch.setattr(dno, "degenerate", lambda text: False)
+    assert dno.annotate(oracle, texts) == [5, 1, 4]
+
+
+def test_teacher_is_the_best_of_its_drafts_and_defects_are_repeated_ngrams():
+    from envs.text import corpus
+
+    prompt = "review: we stayed at the inn last week."
+    drafts_rng, teacher_rng = random.Random(3), random.Random(3)
+    drafts = [" " + corpus.review(drafts_rng, corpus.topic_of(prompt)) for _ in range(8)]
+    teacher = teacher_response(prompt, teacher_rng)
+    assert teacher in drafts
+    assert gold_components(teacher)["gold"] == max(gold_components(d)["gold"] for d in drafts)
+    assert drafts_rng.random() == teacher_rng.random()  # it drew exactly the 8 drafts
+    assert degenerate(" the room was clean and the room was clean.")
+    assert not degenerate(" the room was clean and the bed was soft.")
 
 
 def test_partitions_do_not_overlap():
@@ -181,5 +199,5 @@ def test_win_rate_is_exact_expectation():
     a = [[Features(0.6, 1), Features(0.4, 1)]]
     b = [[Features(0.5, 1)]]
     expected = np.mean([1 / (1 + np.exp(-8 * 0.1)), 1 / (1 + np.exp(8 * 0.1))])
-    assert dno.win_rate(oracle, a, b) == pytest.approx(expected)
-    assert dno.win_rate(oracle, b, b) == pytest.approx(0.5)
+    assert win_rate(oracle, a, b) == pytest.approx(expected)
+    assert win_rate(oracle, b, b) == pytest.approx(0.5)

@@ -38,7 +38,8 @@ def test_dpo_closed_form_and_label_smoothing():
 
 
 def test_every_loss_at_h_zero_identical_pair():
-    """Identical chosen and rejected: DPO = log 2, IPO = 1/(4 tau^2) (spec §6 tiny-model test)."""
+    """Identical chosen and rejected: h = 0, so DPO = -log sig(0) = log 2 and IPO = (0 - 1/(2 tau))^2 = 1/(4 tau^2)
+    (the IPO loss of Azar et al. 2024, (h - 1/(2 tau))^2)."""
     same = terms(chosen=-3.0, rejected=-3.0, ref_chosen=-3.5, ref_rejected=-3.5, len_chosen=3, len_rejected=3)
     assert L.dpo_loss(same.h, 0.1).item() == pytest.approx(math.log(2))
     assert L.ipo_loss(same, tau=0.1).item() == pytest.approx(1 / (4 * 0.1 ** 2))
@@ -86,8 +87,15 @@ def test_fdpo_rejects_unknown_divergence_and_bad_alpha():
 
 
 def test_fdpo_forward_kl_stays_finite_for_huge_log_ratios():
-    t = terms(chosen=-1.0, ref_chosen=-500.0, rejected=-500.0, ref_rejected=-1.0)
-    assert torch.isfinite(L.fdpo_loss(t, 0.1, "forward_kl")).all()
+    """Log-ratios of +-499: f'(u) = -1/u = -exp(-delta) is evaluated with delta clamped to +-EXP_CLAMP,
+    so the right pair gives loss 0 and the wrong-way pair softplus(beta (e^C - e^-C)) ~ beta e^C,
+    both finite (exp(499) would overflow fp32)."""
+    c = L.EXP_CLAMP
+    right = terms(chosen=-1.0, ref_chosen=-500.0, rejected=-500.0, ref_rejected=-1.0)
+    assert L.fdpo_loss(right, 0.1, "forward_kl").item() == pytest.approx(0.0, abs=1e-12)
+    wrong = terms(chosen=-500.0, ref_chosen=-1.0, rejected=-1.0, ref_rejected=-500.0)
+    x = 0.1 * (math.exp(c) - math.exp(-c))
+    assert L.fdpo_loss(wrong, 0.1, "forward_kl").item() == pytest.approx(x + math.log1p(math.exp(-x)), rel=1e-12)
 
 
 def test_tdpo_both_variants_closed_form():
@@ -105,7 +113,8 @@ def test_tdpo2_stops_gradient_of_chosen_kl():
     t.kl_chosen, t.kl_rejected = kl_w, kl_l
     L.tdpo_loss(t, 0.1, variant=2).sum().backward()
     assert kl_w.grad is None or kl_w.grad.abs().item() == 0.0
-    assert kl_l.grad.item() > 0  # a larger D(y_l) increases the loss
+    # d/dD_l of -log sig(beta (h + alpha (D_w - D_l))) = beta * alpha * (1 - sig(z)), z = 0.1 (1.5 + 0.5 (0.3 - 0.7))
+    assert kl_l.grad.item() == pytest.approx(0.1 * 0.5 * (1 - sig(0.1 * (H + 0.5 * (0.3 - 0.7)))), rel=1e-6)
 
 
 def test_sequential_kl_matches_hand_computation():
@@ -127,8 +136,13 @@ def test_asft_equals_its_simplified_form():
 
 
 def test_asft_finite_when_likelihood_is_one():
+    """P_w = P_l = 1 (log P = 0): log P is clamped to max_log_prob = -1e-6, so log(1 - P) = log(1 - e^-1e-6)
+    ~ -13.8 instead of -inf, and the loss is the closed form at that clamp."""
     t = terms(chosen=0.0, rejected=0.0)
-    assert torch.isfinite(L.asft_loss(t, lam=0.1)).all()
+    log_p = -1e-6
+    log_odds = log_p - math.log(-math.expm1(log_p))
+    expected = -log_p - 0.1 * (math.log(sig(log_odds)) + math.log(sig(-log_odds)))
+    assert L.asft_loss(t, lam=0.1).item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_rpo_sum_and_mean_reductions():

@@ -26,6 +26,37 @@ CASES: dict[str, tuple[list[str], int]] = {
     "constrained_ppo": (["algo=constrained_ppo", "reward=composite", "algo.thresholds=[0.1,0.2]", "train.steps=4",
                          *LM], 2),
     "rm": (["algo=rm", "reward=ensemble", "reward.members=2", *SMALL], 1),
+    # stages: sample, score, curves; paused with the member scores in the checkpoint
+    "bon": (["algo=bon", "reward=ensemble", "reward.members=2", "algo.prompts=2", "algo.n_max=8", *SMALL], 2),
+    # Curry-DPO iterative, 2 stages x 2 epochs, paused inside stage 2: its reference comes from the checkpoint
+    "dpo": (["algo=dpo", "algo.curriculum=iterative", "algo.responses_per_prompt=3", "algo.prompts=16", "algo.epochs=2",
+             "algo.batch_size=8", "algo.lr=1e-3", *LM], 3),
+    "dno": (["algo=dno", "algo.iterations=2", "algo.prompts_per_iteration=4", "algo.eval_prompts=2",
+             "algo.eval_samples=2", "algo.lr=1e-3", *SMALL, "rollout.max_new_tokens=12"], 1),
+    # 8 chunks of one update: 2 weights x 2 in Stage 1, 4 extensions; paused inside a Stage 2 round
+    "cmorl": (["algo=cmorl", "env=mo", "algo.num_envs=2", "algo.num_steps=16", "algo.minibatches=2", "algo.epochs=2",
+               "algo.weight_delta=1", "algo.update_iter=1", "algo.init_steps=128", "algo.total_steps=256",
+               "algo.num_select=1", "algo.eu_delta=0.5"], 5),
+    # tabular Q-learning on the integer-cell DST: 4 chunks of 100 env steps (each a new weight and policy)
+    "morl_baselines": (["algo=morl_baselines", "env=mo", "algo.method=MPMOQLearning", "algo.total_steps=400",
+                        "algo.chunks=4", "algo.eu_delta=0.5"], 2),
+    # Mario with 12-step episodes: 3 meta-iterations of 2 tasks x one 16-step PPO update each
+    "reptile": (["algo=reptile", "env=mario", "env.stages=[1-1,2-1]", "env.max_episode_steps=12",
+                 "env.no_progress_steps=25", "algo.num_envs=1", "algo.num_steps=16", "algo.meta_batch=2",
+                 "algo.inner_updates=1", "algo.epochs=1", "algo.minibatches=2", "algo.total_steps=96"], 1),
+    # 3 chunks of 32 env steps (SB3's learn() from freshly seeded episodes each)
+    "sb3_ppo": (["algo=sb3_ppo", "env=mario", "env.stages=[1-1]", "env.max_episode_steps=12", "env.no_progress_steps=25",
+                 "algo.num_envs=2", "algo.n_steps=16", "algo.batch_size=16", "algo.n_epochs=1", "algo.features_dim=32",
+                 "algo.chunk_steps=32", "algo.total_steps=96"], 1),
+    "sb3_dqn": (["algo=sb3_dqn", "env=mario", "env.stages=[1-1]", "env.max_episode_steps=12", "env.no_progress_steps=25",
+                 "algo.learning_starts=16", "algo.buffer_size=200", "algo.batch_size=8", "algo.target_update_interval=32",
+                 "algo.features_dim=32", "algo.chunk_steps=32", "algo.total_steps=96"], 1),
+    # 2 iterations of 32 env steps sampled in this process (no env-runner actors), a small CNN; still the
+    # slowest case (~20 s idle, ~60 s on a busy 2-core machine): each of the three runs starts Ray and builds PPO
+    "rllib_ppo": (["algo=rllib_ppo", "env=mario", "env.stages=[1-1]", "env.max_episode_steps=12",
+                   "env.no_progress_steps=25", "algo.num_env_runners=0", "algo.train_batch_size=32",
+                   "algo.minibatch_size=32", "algo.num_epochs=1", "algo.conv_filters=[[8,[8,8],4],[16,[4,4],2]]",
+                   "algo.head_hiddens=[32]", "algo.total_steps=64"], 1),
 }
 
 

@@ -91,13 +91,17 @@ def test_batched_guidance_equals_one_prompt_at_a_time(tiny_lm_and_value):
 
 def test_vas_training_keeps_base_policy_and_fits_values(train_run):
     """algo=vas: the policy weights are bit-identical after training; the value model's
-    terminal estimate and TD fit improve; the run evaluates with its value model."""
+    terminal estimate improves; the value model written in HF layout (what evaluation and
+    decoding=vas load) is the trained one; the run evaluates."""
     run_dir = train_run(SMALL + ["algo=vas", "reward=gold", "train.steps=6", "algo.eval_beta=4.0"], "vas")
     latest = ckpt.latest_checkpoint(run_dir)
     state, modules = ckpt.load_checkpoint(latest)
     base = load_lm(state["policy_dir"]).state_dict()
     assert all(torch.equal(modules["policy"][k], base[k]) for k in base)
-    assert (latest / "value_model" / "value_head.safetensors").exists()
+    saved = ValueModel.load(latest / "value_model").state_dict()
+    assert saved.keys() == modules["value"].keys()
+    assert all(torch.equal(saved[k], modules["value"][k]) for k in saved)
+    assert modules["value"]["head.weight"].abs().sum() > 0  # trained away from its zero init
     scalars = read_scalars(run_dir)
     terminal = [v for _, v in scalars["value/terminal_loss"]]
     assert terminal[-1] < terminal[0]

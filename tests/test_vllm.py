@@ -146,7 +146,7 @@ def test_ppo_runs_on_vllm(setup, train_run, monkeypatch):
     engine = setup[3]
     monkeypatch.setattr(vllm_engine, "VLLMEngine", lambda *args, **kwargs: engine)
     threads = torch.get_num_threads()
-    try:  # one thread: two spin-wait on each other when the cores are shared (PLATFORM.md, docs/scale.md)
+    try:  # one thread: two spin-wait on each other when the cores are shared (docs/scale.md)
         run_dir = train_run(["algo=ppo", *OVERRIDES, "reward=gold", "train.steps=3", "train.checkpoint_every=0",
                              "threads=1"])
     finally:

@@ -1,16 +1,20 @@
-"""`algo=bon`: best-of-n sampling against proxy reward models (Gao et al. 2023; Coste et al.
-2024, spec algorithms-b.md §3.3).
+"""`algo=bon`: best-of-n sampling against proxy reward models (Gao et al. 2023, "Scaling Laws
+for Reward Model Overoptimization"; with ensembles, Coste et al. 2024, "Reward Model Ensembles
+Help Mitigate Overoptimization").
 
 For each held-out prompt, N samples from the base (SFT) policy are scored by the gold
 scorer and by every member of the reward ensemble. For each selection rule -- every
-single member, and the ensemble objectives mean / wco / uwo -- the unbiased estimator
-(rlhf.functional.best_of_n_expectation) gives the expected gold and proxy score of the
-best-of-n sample for every n <= N without redrawing, and KL(best-of-n || base) is the
-analytic log n - (n - 1)/n. Records stay whole: a sample's gold and all member scores are
-one row, sorted together. The samples (token ids and gold) are cached by policy, sampling
-settings, prompts, N and seed, so runs that differ only in their reward models reuse them.
+single member, and the ensemble objectives mean / wco / uwo of Coste et al. -- the unbiased
+estimator of Nakano et al. 2021 (rlhf.functional.best_of_n_expectation) gives the expected
+gold and proxy score of the best-of-n sample for every n <= N without redrawing, and
+KL(best-of-n || base) is the analytic log n - (n - 1)/n (Gao et al. 2023). Records stay
+whole: a sample's gold and all member scores are one row, sorted together. The samples
+(token ids and gold) are cached by policy, sampling settings, prompts, N and seed, so runs
+that differ only in their reward models reuse them.
 
-Logged per rule r and n (TensorBoard step = n): bon/<r>/gold, bon/<r>/proxy; and bon/kl.
+Three harness steps (stages): 1. sample the pool, 2. score it with every member, 3. the
+curves. Logged per rule r and n (TensorBoard x = n): bon/<r>/gold, bon/<r>/proxy; and
+bon/kl; the final evaluation (each rule's gold at n = N and its peak over n) at x = N.
 """
 from __future__ import annotations
 
@@ -21,19 +25,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from agents.models import load_lm, load_tokenizer
-from rlhf.warmstart import warm_start_policy
 from envs import base as env_base
 from envs.base import env_settings
-from rlhf.reward_models import score_sequences
 from rlhf.cache import cached, source_digest
+from rlhf.config import ConfigError
 from rlhf.evaluation import EVAL_SEED_OFFSET
-from rlhf.harness import save_eval
 from rlhf.functional import ENSEMBLE_OBJECTIVES, best_of_n_expectation, best_of_n_kl, ensemble_objective
-from rlhf.rollout.engine import HFEngine, SamplingParams
+from rlhf.harness import Job
+from rlhf.reward_models import score_sequences
+from rlhf.rewards import reward_model_ensemble
+from rlhf.rollout.engine import SamplingParams
+from rlhf.rollout.factory import make_engine
 from rlhf.rollout.runner import EpisodeRunner
+from rlhf.warmstart import warm_start_policy
 
 log = logging.getLogger("rlhf")
 
@@ -45,6 +51,7 @@ def pool_spec(cfg, policy_dir: Path) -> dict:
     env = {k: v for k, v in env_settings(cfg.env).items() if k not in ("preference_pairs", "label_noise")}
     return {"policy": str(Path(policy_dir).resolve()), "env": {"name": cfg.env.name, **env},
             "prompts": int(cfg.algo.prompts), "n_max": int(cfg.algo.n_max), "seed": int(cfg.seed),
+            "engine": str(cfg.rollout.name),
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
             "sources": source_digest(["rlhf.algos.bon", "envs.text", "rlhf.rollout.engine", "rlhf.rollout.runner"])}
 
@@ -56,7 +63,7 @@ def sample_pool(cfg, policy_dir: Path) -> tuple[np.ndarray, list[list[list[int]]
 
     def build(out: Path) -> None:
         tokenizer, policy = load_tokenizer(policy_dir), load_lm(policy_dir).eval()
-        runner = EpisodeRunner(HFEngine(policy, tokenizer, int(cfg.rollout.max_batch_size)), tokenizer,
+        runner = EpisodeRunner(make_engine(cfg, policy, tokenizer, model_dir=str(policy_dir)), tokenizer,
                                SamplingParams.from_config(cfg.rollout), max_turns=int(cfg.env.max_turns))
         torch.manual_seed(int(cfg.seed))
         gold, sequences, start = np.zeros((n_prompts, n_max)), [], time.time()
@@ -84,7 +91,7 @@ def member_scores(ensemble, sequences: list[list[list[int]]], pad_id: int) -> np
 
 def selection_rules(members: np.ndarray, uwo_lambda: float, extra_uwo_lambdas=()) -> dict[str, np.ndarray]:
     """Score used to pick the best sample, per rule: [P, N] each. `uwo` uses uwo_lambda;
-    each extra lambda adds a rule `uwo_l<lambda>` (the spec reports lambda 0.5 and 1)."""
+    each extra lambda adds a rule `uwo_l<lambda>` (UWO's variance penalty at another strength)."""
     rules = {f"single_{i}": members[i] for i in range(len(members))}
     if len(members) > 1:
         stacked = torch.from_numpy(members)
@@ -116,28 +123,72 @@ def best_of_n_curves(gold: np.ndarray, rules: dict[str, np.ndarray], ns: list[in
     return curves
 
 
-def train(cfg, run_dir: Path) -> dict:
-    from rlhf.trainer import reward_model_ensemble
+class BestOfN(Job):
+    """Stages: 1. sample the pool (cached), 2. score it with every member, 3. the curves."""
 
-    env = env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env))
-    policy_dir = warm_start_policy(cfg, env, log.info)
-    ensemble = reward_model_ensemble(cfg, policy_dir)
-    gold, sequences = sample_pool(cfg, policy_dir)
-    members = member_scores(ensemble, sequences, load_tokenizer(policy_dir).pad_token_id)
-    ns = n_grid(int(cfg.algo.n_max))
-    rules = selection_rules(members, float(cfg.reward.uwo_lambda), list(cfg.algo.extra_uwo_lambdas))
-    curves = best_of_n_curves(gold, rules, ns)
-    with SummaryWriter(str(run_dir)) as writer:
+    unit = "stage"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.reward.name not in ("rm", "ensemble"):
+            raise ConfigError(f"algo=bon needs proxy reward models; got reward={cfg.reward.name} "
+                              "(valid choices for algo=bon: reward=rm, reward=ensemble)")
+
+    def __init__(self, cfg, run_dir):
+        super().__init__(cfg, run_dir)
+        self.total = 3
+        env = env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env))
+        self.policy_dir = warm_start_policy(cfg, env, log.info)
+        self.ensemble = reward_model_ensemble(cfg, self.policy_dir)
+        self.ns = n_grid(int(cfg.algo.n_max))
+        self.pool: tuple | None = None  # gold [P, N] and token ids (stage 1)
+        self.members: torch.Tensor | None = None  # [k, P, N] member scores (stage 2)
+        self.curves: dict | None = None  # per rule (stage 3)
+
+    def step(self) -> dict[str, float]:
+        if self.pool is None:  # stage 1 builds the pool (or finds it cached); a resumed run reads it back
+            self.pool = sample_pool(self.cfg, self.policy_dir)
+        gold, sequences = self.pool
+        if self.steps_done == 1:
+            pad_id = load_tokenizer(self.policy_dir).pad_token_id
+            self.members = torch.from_numpy(member_scores(self.ensemble, sequences, pad_id))
+        elif self.steps_done == 2:
+            self.curves = self.best_of_n(gold, self.members.numpy())
+        return {}
+
+    def best_of_n(self, gold: np.ndarray, members: np.ndarray) -> dict:
+        ns, cfg = self.ns, self.cfg
+        rules = selection_rules(members, float(cfg.reward.uwo_lambda), list(cfg.algo.extra_uwo_lambdas))
+        curves = best_of_n_curves(gold, rules, ns)
         for i, n in enumerate(ns):
-            writer.add_scalar("bon/kl", best_of_n_kl(n), n)
+            self.logger.scalars("bon/", {"kl": best_of_n_kl(n)}, n)
             for name, curve in curves.items():
-                writer.add_scalar(f"bon/{name}/gold", curve["gold"][i], n)
-                writer.add_scalar(f"bon/{name}/proxy", curve["proxy"][i], n)
-    (run_dir / "bon.json").write_text(json.dumps({"ns": ns, "kl": [best_of_n_kl(n) for n in ns],
-                                                  "curves": curves}))
-    final = {f"{name}/gold": c["gold"][-1] for name, c in curves.items()}
-    final.update({f"{name}/gold_peak": max(c["gold"]) for name, c in curves.items()})
-    save_eval(run_dir, ns[-1], final)
-    log.info(f"[bon] gold at n=1: {curves['single_0']['gold'][0]:.3f}; at n={ns[-1]}: "
-             + " ".join(f"{name}={c['gold'][-1]:.3f}" for name, c in curves.items()))
-    return final
+                self.logger.scalars(f"bon/{name}/", {"gold": curve["gold"][i], "proxy": curve["proxy"][i]}, n)
+        (self.run_dir / "bon.json").write_text(json.dumps({"ns": ns, "kl": [best_of_n_kl(n) for n in ns],
+                                                           "curves": curves}))
+        log.info(f"[bon] gold at n=1: {curves['single_0']['gold'][0]:.3f}; at n={ns[-1]}: "
+                 + " ".join(f"{name}={c['gold'][-1]:.3f}" for name, c in curves.items()))
+        return curves
+
+    def log_x(self) -> int:
+        return self.ns[-1]  # x is n: the final evaluation is best-of-N
+
+    def evaluate(self) -> dict[str, float]:
+        """Each rule's expected gold at n = N and its peak over n."""
+        final = {f"{name}/gold": c["gold"][-1] for name, c in self.curves.items()}
+        final.update({f"{name}/gold_peak": max(c["gold"]) for name, c in self.curves.items()})
+        return final
+
+    @property
+    def eval_every(self) -> int:
+        return 0  # the evaluation is the curves of stage 3
+
+    @property
+    def checkpoint_every(self) -> int:
+        return 1
+
+    def state_dict(self) -> dict:
+        return {"members": self.members, "curves": self.curves}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.members, self.curves = state["members"], state["curves"]

@@ -1,5 +1,5 @@
 """Constrained RLHF with Lagrange multipliers (Moskovitz et al., ICLR 2024, "Confronting
-Reward Model Overoptimization with Constrained RLHF"; spec algorithms-b.md §2).
+Reward Model Overoptimization with Constrained RLHF").
 
 A composite reward has N component reward models (reward=composite: praise, detail). Each
 helps the evaluation score only up to its proxy point theta_i (found by rlhf.proxy_points).
@@ -10,9 +10,9 @@ the KL reward -beta * KL(pi || pi_0):
     xi-PPO   (algo.form=xi):   max v_0  s.t. v_i  = theta_i     multipliers tanh(lambda)
     All-PPO  (algo.form=all):  max v_0 + sum_i v_i  s.t. v_i <= theta_i   sigmoid(lambda)
     NM-PPO   (algo.threshold_search=nelder_mead): xi-PPO whose thresholds are searched by
-             Nelder-Mead within the one run (spec §2.5)
+             Nelder-Mead (rlhf.nelder_mead) within the one run
 
-One phase (spec §2.4):
+One phase (the paper's PPO with one value head per reward stream):
   1. per-token KL reward k_t = -beta * (log pi_old - log pi_0); component scores on the
      last token; a critic with N + 1 value heads (head 0: the KL task; head i: component i).
   2. GAE per head.
@@ -22,7 +22,7 @@ One phase (spec §2.4):
      multipliers' loss sum_i w_i (mean_minibatch RTG_i - theta_i) (sign flipped for
      All-PPO), with RTG_i the episode's component score (the reward is terminal).
 The multipliers, their optimizer and the Nelder-Mead state are part of the checkpoint.
-Reference-code quirks not copied (spec §2.7): the constraint values are sliced per
+Quirks of the authors' reference code not copied: the constraint values are sliced per
 component, the unsquashed mix has no off-by-one, thresholds are ordered by component name
 everywhere, the Nelder-Mead objective is never cached (the policy keeps training).
 """
@@ -36,158 +36,62 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.critics import MultiHeadCritic
 from agents.models import ValueModel
+from envs.composite import COMPONENTS, CompositeScorer
 from rlhf.algos.base import Algorithm, make_optimizer, minibatch_indices, optimizer_step
+from rlhf.config import ConfigError
 from rlhf.functional import (clipped_policy_loss, clipped_value_loss, constraint_violation, gae, kl_estimate,
                              lagrange_loss, masked_mean, masked_sum, masked_whiten, mixed_advantage,
                              squash_multipliers, token_entropy)
+from rlhf.nelder_mead import NelderMead
 from rlhf.rollout.batch import Batch
 
 log = logging.getLogger("rlhf")
-WHITEN_EPS = 1e-6  # std floor 1e-3 when a component's advantages are (near) constant (spec §2.8)
+WHITEN_EPS = 1e-6  # std floor 1e-3 when a component's advantages are (near) constant
 
 
-class MultiHeadCritic(ValueModel):
-    """A value model with one head per reward stream: values() is [B, L, heads]."""
-
-    def __init__(self, trunk: nn.Module, heads: int):
-        super().__init__(trunk, head_init="zeros")
-        self.head = nn.Linear(trunk.config.hidden_size, heads)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        raw = self.raw(input_ids, attention_mask)  # [B, L, heads]: the value after token t
-        return torch.cat([torch.zeros_like(raw[:, :1]), raw[:, :-1]], dim=1)
-
-
-def load_thresholds(spec, names: tuple[str, ...]) -> list[float]:
+def load_thresholds(setting, names: tuple[str, ...]) -> list[float]:
     """algo.thresholds: a list (one per component) or a proxy-points JSON file."""
-    if isinstance(spec, str):
-        path = Path(spec).expanduser()
+    if isinstance(setting, str):
+        path = Path(setting).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"algo.thresholds={spec}: no such file; write it with "
+            raise FileNotFoundError(f"algo.thresholds={setting}: no such file; write it with "
                                     "`python -m rlhf.proxy_points <run dirs> --out <file>` or pass a list")
         table = json.loads(path.read_text())["thresholds"]
         missing = [n for n in names if n not in table]
         if missing:
             raise KeyError(f"{path} has no thresholds for {missing}; it has {sorted(table)}")
         return [float(table[n]) for n in names]
-    values = [float(v) for v in (spec or [])]
+    values = [float(v) for v in (setting or [])]
     if len(values) != len(names):
         raise ValueError(f"algo.thresholds needs one value per component {list(names)} (or a proxy-points file), "
-                         f"got {list(spec or [])}")
+                         f"got {list(setting or [])}")
     return values
-
-
-class NelderMead:
-    """Nelder-Mead as ask/tell (minimizes f), so the training loop keeps control: the point
-    asked for is trained on for a segment of phases, then told its f. Plain-python state,
-    so it checkpoints and resumes exactly. Coefficients: reflection 1, expansion 2,
-    contraction 0.5, shrink 0.5 (spec §2.5)."""
-
-    ALPHA, GAMMA, RHO, SIGMA = 1.0, 2.0, 0.5, 0.5
-
-    def __init__(self, simplex: list[list[float]], tol: float = 0.01):
-        self.points = [list(map(float, p)) for p in simplex]
-        self.fvals: list[float | None] = [None] * len(self.points)
-        self.tol = tol
-        self.stage = "init"        # init | reflect | expand | contract_out | contract_in | shrink
-        self.pending: list[float] = self.points[0]
-        self.reflected: tuple[list[float], float] | None = None
-        self.shrink_index = 0
-        self.evaluations = 0
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in vars(self).items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
-
-    def ask(self) -> list[float]:
-        return list(self.pending)
-
-    def best(self) -> tuple[list[float], float]:
-        known = [(f, p) for f, p in zip(self.fvals, self.points) if f is not None]
-        f, p = min(known)
-        return list(p), f
-
-    def converged(self) -> bool:
-        return None not in self.fvals and float(np.std(self.fvals)) < self.tol
-
-    def _order(self) -> None:
-        order = sorted(range(len(self.points)), key=lambda i: self.fvals[i])
-        self.points = [self.points[i] for i in order]
-        self.fvals = [self.fvals[i] for i in order]
-
-    def _centroid(self) -> np.ndarray:
-        return np.mean(np.asarray(self.points[:-1]), axis=0)
-
-    def _start_iteration(self) -> None:
-        self._order()
-        c = self._centroid()
-        self.pending = (c + self.ALPHA * (c - np.asarray(self.points[-1]))).tolist()
-        self.stage = "reflect"
-
-    def _replace_worst(self, point: list[float], f: float) -> None:
-        self.points[-1], self.fvals[-1] = list(point), f
-        self._start_iteration()
-
-    def _start_shrink(self) -> None:
-        best = np.asarray(self.points[0])
-        self.points = [self.points[0]] + [(best + self.SIGMA * (np.asarray(p) - best)).tolist() for p in self.points[1:]]
-        self.fvals = [self.fvals[0]] + [None] * (len(self.points) - 1)
-        self.stage, self.shrink_index = "shrink", 1
-        self.pending = self.points[1]
-
-    def tell(self, f: float) -> None:
-        self.evaluations += 1
-        point = self.pending
-        if self.stage in ("init", "shrink"):
-            i = self.fvals.index(None)
-            self.fvals[i] = f
-            if None in self.fvals:
-                self.pending = self.points[self.fvals.index(None)]
-            else:
-                self._start_iteration()
-            return
-        c, worst = self._centroid(), np.asarray(self.points[-1])
-        if self.stage == "reflect":
-            if self.fvals[0] <= f < self.fvals[-2]:
-                self._replace_worst(point, f)
-            elif f < self.fvals[0]:
-                self.reflected = (point, f)
-                self.pending = (c + self.GAMMA * (np.asarray(point) - c)).tolist()
-                self.stage = "expand"
-            else:
-                self.reflected = (point, f)
-                outside = f < self.fvals[-1]
-                target = np.asarray(point) if outside else worst
-                self.pending = (c + self.RHO * (target - c)).tolist()
-                self.stage = "contract_out" if outside else "contract_in"
-        elif self.stage == "expand":
-            reflected, f_r = self.reflected
-            if f < f_r:
-                self._replace_worst(point, f)
-            else:
-                self._replace_worst(reflected, f_r)
-        else:  # a contraction
-            f_r = self.reflected[1]
-            accept = f <= f_r if self.stage == "contract_out" else f < self.fvals[-1]
-            if accept:
-                self._replace_worst(point, f)
-            else:
-                self._start_shrink()
 
 
 class ConstrainedPPO(Algorithm):
     name = "constrained_ppo"
     vector_reward = True  # the trainer hands over one reward column per component
 
+    @classmethod
+    def check(cls, cfg) -> None:
+        a = cfg.algo
+        if cfg.reward.name != "composite":
+            raise ConfigError(f"algo=constrained_ppo constrains the components of a composite reward; got "
+                              f"reward={cfg.reward.name} (valid choice: reward=composite)")
+        if a.threshold_search != "none":
+            return
+        if a.thresholds is None:
+            raise ConfigError("algo=constrained_ppo needs algo.thresholds (a list, one per component, or the file of "
+                              "`python -m rlhf.proxy_points`), or algo.threshold_search=nelder_mead")
+        try:
+            load_thresholds(a.thresholds, COMPONENTS)
+        except (OSError, KeyError, ValueError) as error:
+            raise ConfigError(str(error).strip("'\"")) from None
+
     def __init__(self, cfg, policy, ref, tokenizer, **kw):
         super().__init__(cfg, policy, ref, tokenizer)
-        from envs.composite import COMPONENTS, CompositeScorer
-
         a = self.algo_cfg
         self.form, self.names = str(a.form), COMPONENTS
         n = len(self.names)
@@ -197,7 +101,7 @@ class ConstrainedPPO(Algorithm):
         self.critic.train()
         self.optimizer = make_optimizer(list(policy.parameters()) + list(self.critic.parameters()), a)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
-        # lambda ~ N(0, 0.01^2): sigmoid ~ 0.5, tanh ~ 0 (spec §2.4)
+        # lambda ~ N(0, 0.01^2): sigmoid ~ 0.5, tanh ~ 0 (each constraint starts half-weighted or unweighted)
         self.raw_multipliers = nn.Parameter(0.01 * torch.randn(n, generator=self.generator))
         self.multiplier_opt = torch.optim.SGD([self.raw_multipliers], lr=float(a.lagrange_lr),
                                               momentum=float(a.lagrange_momentum))
@@ -300,7 +204,7 @@ class ConstrainedPPO(Algorithm):
         return out
 
     def warn_if_saturated(self, i: int, name: str, weight: float) -> None:
-        """A multiplier stuck near its bound means an unreachable threshold (spec §2.8):
+        """A multiplier stuck near its bound means an unreachable threshold:
         the KL task then gets (almost) no weight and the policy drifts unregularized."""
         self.saturated_phases[i] = self.saturated_phases[i] + 1 if abs(weight) > 0.95 else 0
         if self.saturated_phases[i] == int(self.algo_cfg.saturation_phases):
@@ -308,7 +212,7 @@ class ConstrainedPPO(Algorithm):
                         f"{self.saturated_phases[i]} phases: threshold {float(self.thresholds[i]):.4g} may be "
                         "unreachable; the KL task has little weight left")
 
-    # --- NM-PPO: threshold search within the run (spec §2.5) --------------------------------------
+    # --- NM-PPO: threshold search within the run ------------------------------------------------
     def initial_simplex(self) -> list[list[float]]:
         a, n = self.algo_cfg, len(self.names)
         low, high = [float(v) for v in a.nm_low], [float(v) for v in a.nm_high]

@@ -1,44 +1,38 @@
 """`algo=morl_baselines algo.method=MPMOQLearning|PQL|PGMORL`: morl-baselines (Felten et al.,
 JMLR 2023; MIT) algorithms run as ordinary runs of this framework, so that the baselines of
-the `cmorl_pareto` claim and of bench/cmorl_hopper.py are run dirs like every other: the
-same TensorBoard metrics (morl/*), eval/step_*.json, front.json and front.png as algo=cmorl.
-
-wandb is never called: every algorithm gets log=False and WANDB_MODE=disabled is set.
+the `cmorl_pareto` claim and of bench/cmorl_hopper.py are run dirs like every other: the same
+TensorBoard metrics (morl/*, x = env steps), eval/step_*.json, front.json and front.png as
+algo=cmorl, scored by rlhf.pareto. wandb is never called (log=False, WANDB_MODE=disabled).
 
 What each method's front is (the points the metrics are computed on):
   * MPMOQLearning (multi-policy scalarised Q-learning, linear scalarisation, tabular; the
-    integer-cell DST): the library's own output is its convex coverage set (CCS), the values
-    optimal for some linear weight. Every policy is re-evaluated greedily (eval_gamma) and
-    the CCS of those values is the front; morl/hypervolume_all_policies also reports the
-    Pareto front of all its policies (Q-learning can stop at a non-supported point by
-    accident), so the reader sees both.
+    integer-cell DST): each chunk is one outer iteration (a new weight and policy). Every
+    policy is re-evaluated greedily (eval_gamma) and the convex coverage set (CCS) of those
+    values is the front; morl/hypervolume_all_policies reports the Pareto front of all of them.
   * PQL (Pareto Q-learning, tabular): each vector of its Pareto set at the start state is
     tracked in the env (the library's track_policy), discounted with algo.gamma.
-  * PGMORL (continuous actions only: it asserts a Box action space): its Pareto archive's
-    individuals re-evaluated on an eval env with the library's observation normalisation
-    and raw rewards, discounted with eval_gamma (its policies sample actions).
-Budgets are env steps; morl-baselines counts PGMORL's as steps x envs, like algo=cmorl.
+  * PGMORL (continuous actions only): one chunk; its Pareto archive's individuals re-evaluated
+    with the library's observation normalisation and raw rewards, discounted with eval_gamma.
+
+A step of the run is one chunk. The tabular agents (Q-tables, counters, their own RNGs) are
+pickled whole into each checkpoint, and every chunk starts from freshly seeded envs (the
+pickled envs are rebuilt from their constructor arguments), so a resumed run continues exactly.
+PGMORL runs as a single step and is not checkpointed mid-way.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from rlhf import checkpoint as ckpt
-from rlhf.algos.cmorl import front_metrics, pareto_front, plot_front, simplex_weights, supported_points
 from rlhf.config import ConfigError
+from rlhf.harness import Job
+from rlhf.pareto import front_metrics, pareto_front, simplex_weights, supported_points, write_front
 
 log = logging.getLogger("rlhf")
-Chunk = tuple[int, np.ndarray, dict[str, float]]  # (env steps so far, the front's points, extra metrics)
 
 
 def evaluate_agent(agent, env, w, gamma: float, episodes: int) -> np.ndarray:
@@ -48,128 +42,176 @@ def evaluate_agent(agent, env, w, gamma: float, episodes: int) -> np.ndarray:
     return mo.discounted_return(env, lambda obs: agent.eval(obs, w), episodes, gamma)
 
 
-def mpmoql(cfg, ref: np.ndarray, known) -> Iterator[Chunk]:
-    from morl_baselines.common.scalarization import weighted_sum
-    from morl_baselines.multi_policy.multi_policy_moqlearning.mp_mo_q_learning import MPMOQLearning
+class MPMOQL:
+    """MPMOQLearning: one outer iteration (new weight, new policy) per chunk."""
 
-    from envs import mo
+    def __init__(self, cfg, ref: np.ndarray, known):
+        from morl_baselines.common.scalarization import weighted_sum
+        from morl_baselines.multi_policy.multi_policy_moqlearning.mp_mo_q_learning import MPMOQLearning
 
-    a = cfg.algo
-    env, eval_env = mo.make_env(cfg.env, float_state=False), mo.make_env(cfg.env, float_state=False)
-    per_chunk = int(a.total_steps) // int(a.chunks)
-    agent = MPMOQLearning(env, scalarization=weighted_sum, learning_rate=float(a.learning_rate), gamma=float(a.gamma),
-                          initial_epsilon=float(a.initial_epsilon), final_epsilon=float(a.final_epsilon),
-                          epsilon_decay_steps=int(float(a.epsilon_decay_fraction) * int(a.total_steps)),
-                          weight_selection_algo=str(a.weight_selection), log=False, seed=int(cfg.seed))
-    for _ in range(int(a.chunks)):  # one outer-loop iteration (a new weight and policy) per chunk
-        agent.train(total_timesteps=per_chunk, timesteps_per_iteration=per_chunk, eval_env=eval_env,
-                    ref_point=ref, known_pareto_front=None if known is None else list(known))
-        values = np.array([evaluate_agent(p, eval_env, p.weights, float(a.eval_gamma), int(a.eval_episodes))
-                           for p in agent.policies])
-        every = pareto_front(values, ref)
-        ccs = supported_points(every) if len(every) else every
-        extra = {"hypervolume_all_policies": front_metrics(every, ref, simplex_weights(len(ref), 1.0))["hypervolume"],
-                 "policies": float(len(agent.policies))}
-        yield agent.global_step, ccs, extra
+        from envs import mo
 
+        a, self.ref, self.known = cfg.algo, ref, known
+        self.per_chunk = int(a.total_steps) // int(a.chunks)
+        self.eval_env = mo.make_env(cfg.env, float_state=False)
+        self.agent = MPMOQLearning(mo.make_env(cfg.env, float_state=False), scalarization=weighted_sum,
+                                   learning_rate=float(a.learning_rate), gamma=float(a.gamma),
+                                   initial_epsilon=float(a.initial_epsilon), final_epsilon=float(a.final_epsilon),
+                                   epsilon_decay_steps=int(float(a.epsilon_decay_fraction) * int(a.total_steps)),
+                                   weight_selection_algo=str(a.weight_selection), log=False, seed=int(cfg.seed))
+        self.gamma, self.episodes = float(a.eval_gamma), int(a.eval_episodes)
 
-def pql(cfg, ref: np.ndarray, known) -> Iterator[Chunk]:
-    from morl_baselines.multi_policy.pareto_q_learning.pql import PQL
-
-    from envs import mo
-
-    a = cfg.algo
-    if abs(float(a.gamma) - float(a.eval_gamma)) > 1e-12:
-        log.warning(f"[morl_baselines] PQL's tracked returns are discounted with algo.gamma={a.gamma}, "
-                    f"not algo.eval_gamma={a.eval_gamma}")
-    env, eval_env = mo.make_env(cfg.env, float_state=False), mo.make_env(cfg.env, float_state=False)
-    total, chunks = int(a.total_steps), int(a.chunks)
-    agent = PQL(env, ref, gamma=float(a.gamma), initial_epsilon=float(a.initial_epsilon),
-                epsilon_decay_steps=int(float(a.epsilon_decay_fraction) * total), final_epsilon=float(a.final_epsilon),
-                seed=int(cfg.seed), log=False)
-    for k in range(1, chunks + 1):
-        agent.train(total_timesteps=total * k // chunks, eval_env=eval_env, ref_point=ref,
-                    known_pareto_front=None if known is None else list(known))
-        tracked = np.array([agent.track_policy(v, eval_env) for v in agent.get_local_pcs(state=0)])
-        yield agent.global_step, pareto_front(tracked, ref), {"policies": float(len(tracked))}
+    def chunk(self, k: int) -> tuple[np.ndarray, dict[str, float]]:
+        self.agent.train(total_timesteps=self.per_chunk, timesteps_per_iteration=self.per_chunk, eval_env=self.eval_env,
+                         ref_point=self.ref, known_pareto_front=None if self.known is None else list(self.known))
+        values = np.array([evaluate_agent(p, self.eval_env, p.weights, self.gamma, self.episodes)
+                           for p in self.agent.policies])
+        every = pareto_front(values, self.ref)
+        extra = {"hypervolume_all_policies": front_metrics(every, self.ref, np.eye(len(self.ref)))["hypervolume"],
+                 "policies": float(len(self.agent.policies))}
+        return (supported_points(every) if len(every) else every), extra
 
 
-def pgmorl(cfg, ref: np.ndarray, known) -> Iterator[Chunk]:
-    import gymnasium as gym
-    from morl_baselines.multi_policy.pgmorl.pgmorl import PGMORL
+class PQLMethod:
+    """Pareto Q-learning: chunk k trains up to k/chunks of the budget."""
 
-    from envs import mo
+    def __init__(self, cfg, ref: np.ndarray, known):
+        from morl_baselines.multi_policy.pareto_q_learning.pql import PQL
 
-    a = cfg.algo
-    agent = PGMORL(env_id=str(cfg.env.id), origin=ref, num_envs=int(a.num_envs), pop_size=int(a.pop_size),
-                   warmup_iterations=int(a.warmup_iterations), steps_per_iteration=int(a.steps_per_iteration),
-                   evolutionary_iterations=int(a.evolutionary_iterations), delta_weight=float(a.delta_weight),
-                   gamma=float(a.gamma), seed=int(cfg.seed), log=False, device="cpu")
-    # the library's eval env (mo_ppo.make_env) minus its reward normalisation: raw returns
-    eval_env = gym.wrappers.ClipAction(mo.make_env(cfg.env))
-    eval_env = gym.wrappers.NormalizeObservation(eval_env)
-    eval_env = gym.wrappers.TransformObservation(eval_env, lambda o: np.clip(o, -10, 10), eval_env.observation_space)
-    agent.train(total_timesteps=int(a.total_steps), eval_env=eval_env, ref_point=ref,
-                known_pareto_front=None if known is None else list(known))
-    values = np.array([evaluate_agent(ind, eval_env, ind.np_weights, float(a.eval_gamma), int(a.eval_episodes))
-                       for ind in agent.archive.individuals])
-    yield agent.global_step, pareto_front(values, ref), {"policies": float(len(values))}
+        from envs import mo
 
+        a, self.ref, self.known = cfg.algo, ref, known
+        if abs(float(a.gamma) - float(a.eval_gamma)) > 1e-12:
+            log.warning(f"[morl_baselines] PQL's tracked returns are discounted with algo.gamma={a.gamma}, "
+                        f"not algo.eval_gamma={a.eval_gamma}")
+        self.total, self.chunks = int(a.total_steps), int(a.chunks)
+        self.eval_env = mo.make_env(cfg.env, float_state=False)
+        self.agent = PQL(mo.make_env(cfg.env, float_state=False), ref, gamma=float(a.gamma),
+                         initial_epsilon=float(a.initial_epsilon), final_epsilon=float(a.final_epsilon),
+                         epsilon_decay_steps=int(float(a.epsilon_decay_fraction) * self.total), seed=int(cfg.seed),
+                         log=False)
 
-METHODS = {"MPMOQLearning": mpmoql, "PQL": pql, "PGMORL": pgmorl}
-
-
-def train(cfg, run_dir: Path) -> dict[str, float]:
-    """Run algo.method with log=False; after every chunk log morl/* of its front (TensorBoard
-    step = env steps); write eval/step_*.json, front.json, front.png and a checkpoint."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(cfg.algo.threads))  # PGMORL's tiny MLPs: extra threads only add synchronisation
-    try:
-        return _train(cfg, run_dir)
-    finally:
-        torch.set_num_threads(threads)
+    def chunk(self, k: int) -> tuple[np.ndarray, dict[str, float]]:
+        self.agent.train(total_timesteps=self.total * (k + 1) // self.chunks, eval_env=self.eval_env, ref_point=self.ref,
+                         known_pareto_front=None if self.known is None else list(self.known))
+        tracked = np.array([self.agent.track_policy(v, self.eval_env) for v in self.agent.get_local_pcs(state=0)])
+        return pareto_front(tracked, self.ref), {"policies": float(len(tracked))}
 
 
-def _train(cfg, run_dir: Path) -> dict[str, float]:
-    from torch.utils.tensorboard import SummaryWriter
+class PGMORLMethod:
+    """PGMORL: the whole budget in one chunk."""
 
-    from envs import mo
-    from rlhf.harness import save_eval
+    def __init__(self, cfg, ref: np.ndarray, known):
+        import gymnasium as gym
+        from morl_baselines.multi_policy.pgmorl.pgmorl import PGMORL
 
-    os.environ["WANDB_MODE"] = "disabled"
-    if cfg.train.resume:
-        raise ConfigError("algo=morl_baselines runs cannot resume (the libraries keep no checkpoints); "
-                          "valid value here: train.resume=null")
-    a, run_dir = cfg.algo, Path(run_dir)
-    seed = int(cfg.seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    probe = mo.make_env(cfg.env)
-    m = mo.num_objectives(probe)
-    names, ref = mo.objective_names(cfg.env, m), mo.reference_point(cfg.env, m)
-    known = mo.known_front(probe, float(a.eval_gamma))
-    eu_weights = simplex_weights(m, float(a.eu_delta))
-    log.info(f"[morl_baselines] {a.method} on {cfg.env.id}, {a.total_steps} env steps, ref={ref.tolist()}, seed {seed}")
-    start, steps, front, metrics = time.time(), 0, np.zeros((0, m)), {}
-    with SummaryWriter(str(run_dir)) as writer:
-        for steps, front, extra in METHODS[str(a.method)](cfg, ref, known):
-            metrics = {f"morl/{k}": v for k, v in front_metrics(front, ref, eu_weights, known).items()}
-            metrics.update({"morl/archive_size": float(len(front)), **{f"morl/{k}": v for k, v in extra.items()},
-                            "perf/env_steps_per_s": steps / max(time.time() - start, 1e-9)})
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, steps)
-            log.info(f"[morl_baselines] {a.method} steps {steps} | HV {metrics['morl/hypervolume']:.4g} "
-                     f"EU {metrics['morl/expected_utility']:.4g} front {len(front)} | {time.time() - start:.0f}s")
-    final = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("morl/")}
-    final.update({"env_steps": float(steps), "wall_s": time.time() - start})
-    (run_dir / "front.json").write_text(json.dumps({
-        "objectives": names, "ref_point": ref.tolist(), "eval_gamma": float(a.eval_gamma), "points": front.tolist(),
-        "known_front": known.tolist() if known is not None else None}, indent=1))
-    plot_front(run_dir / "front.png", {str(a.method): front}, names, known, f"{cfg.env.id}: {a.method}, {steps} env steps")
-    ckpt.save_checkpoint(run_dir, steps, {"step": steps, "front": front.tolist(),
-                                          "config": OmegaConf.to_container(cfg, resolve=True)}, {},
-                         int(cfg.train.keep_checkpoints))
-    save_eval(run_dir, steps, final)
-    log.info(f"[morl_baselines] done in {final['wall_s']:.0f}s: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()))
-    return final
+        from envs import mo
+
+        a, self.ref, self.known, self.cfg = cfg.algo, ref, known, cfg
+        self.agent = PGMORL(env_id=str(cfg.env.id), origin=ref, num_envs=int(a.num_envs), pop_size=int(a.pop_size),
+                            warmup_iterations=int(a.warmup_iterations), steps_per_iteration=int(a.steps_per_iteration),
+                            evolutionary_iterations=int(a.evolutionary_iterations), delta_weight=float(a.delta_weight),
+                            gamma=float(a.gamma), seed=int(cfg.seed), log=False, device="cpu")
+        # the library's eval env (mo_ppo.make_env) minus its reward normalisation: raw returns
+        env = gym.wrappers.NormalizeObservation(gym.wrappers.ClipAction(mo.make_env(cfg.env)))
+        self.eval_env = gym.wrappers.TransformObservation(env, lambda o: np.clip(o, -10, 10), env.observation_space)
+
+    def chunk(self, k: int) -> tuple[np.ndarray, dict[str, float]]:
+        a = self.cfg.algo
+        self.agent.train(total_timesteps=int(a.total_steps), eval_env=self.eval_env, ref_point=self.ref,
+                         known_pareto_front=None if self.known is None else list(self.known))
+        values = np.array([evaluate_agent(ind, self.eval_env, ind.np_weights, float(a.eval_gamma), int(a.eval_episodes))
+                           for ind in self.agent.archive.individuals])
+        return pareto_front(values, self.ref), {"policies": float(len(values))}
+
+
+METHODS = {"MPMOQLearning": MPMOQL, "PQL": PQLMethod, "PGMORL": PGMORLMethod}
+
+
+class MORLBaselines(Job):
+    unit = "chunk"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        a = cfg.algo
+        for key in ("total_steps", "chunks", "eval_episodes", "threads"):
+            if not isinstance(a[key], int) or a[key] < 1:
+                raise ConfigError(f"algo.{key}={a[key]!r} must be a positive integer")
+        if a.method == "PGMORL" and cfg.train.resume:
+            raise ConfigError("algo.method=PGMORL runs in one step and keeps no mid-run checkpoint; valid value here: "
+                              "train.resume=null")
+
+    def __init__(self, cfg, run_dir: Path):
+        from envs import mo
+
+        super().__init__(cfg, run_dir)
+        os.environ["WANDB_MODE"] = "disabled"
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(int(cfg.algo.threads))  # PGMORL's tiny MLPs: extra threads only add synchronisation
+        probe = mo.make_env(cfg.env)
+        m = mo.num_objectives(probe)
+        self.names, self.ref = mo.objective_names(cfg.env, m), mo.reference_point(cfg.env, m)
+        self.known = mo.known_front(probe, float(cfg.algo.eval_gamma))
+        self.eu_weights = simplex_weights(m, float(cfg.algo.eu_delta))
+        self.method = METHODS[str(cfg.algo.method)](cfg, self.ref, self.known)
+        self.total = 1 if cfg.algo.method == "PGMORL" else int(cfg.algo.chunks)
+        self.front, self.extra, self.env_steps = np.zeros((0, m)), {}, 0
+
+    def step(self) -> dict[str, float]:
+        seed = int(self.cfg.seed) * 1_000_003 + self.steps_done * 101  # clean chunk boundaries (see the docstring)
+        for i, env in enumerate((getattr(self.method.agent, "env", None), getattr(self.method, "eval_env", None))):
+            if env is not None and self.cfg.algo.method != "PGMORL":
+                env.reset(seed=seed + i)
+                env.action_space.seed(seed + i)
+        self.front, self.extra = self.method.chunk(self.steps_done)
+        self.env_steps = int(self.method.agent.global_step)
+        out = self.metrics()
+        log.info(f"[morl_baselines] {self.cfg.algo.method} steps {self.env_steps} | HV {out['morl/hypervolume']:.4g} "
+                 f"EU {out['morl/expected_utility']:.4g} front {len(self.front)}")
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"morl/{k}": v for k, v in front_metrics(self.front, self.ref, self.eu_weights, self.known).items()}
+        out.update({"morl/archive_size": float(len(self.front)), **{f"morl/{k}": v for k, v in self.extra.items()}})
+        return out
+
+    def log_x(self) -> int:
+        return self.env_steps
+
+    @property
+    def checkpoint_every(self) -> int:
+        return 0  # the last step, and a train.stop_after pause
+
+    @property
+    def eval_every(self) -> int:
+        return 0
+
+    def state_dict(self) -> dict:
+        tabular = self.cfg.algo.method != "PGMORL"
+        return {"agent": self.method.agent if tabular else None, "front": self.front.tolist(), "extra": self.extra,
+                "env_steps": self.env_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.agent = state["agent"]
+        self.front, self.extra = np.asarray(state["front"]).reshape(-1, len(self.ref)), dict(state["extra"])
+        self.env_steps = int(state["env_steps"])
+
+    def write_front(self, out_dir: Path, plot: bool) -> None:
+        a = self.cfg.algo
+        write_front(out_dir, self.front, self.names, self.ref, float(a.eval_gamma), self.known, str(a.method),
+                    f"{self.cfg.env.id}: {a.method}, {self.env_steps} env steps", plot=plot)
+
+    def write_extra(self, checkpoint_dir: Path) -> None:
+        self.write_front(checkpoint_dir, plot=False)
+
+    def evaluate(self) -> dict[str, float]:
+        """The final front's metrics; writes front.json and front.png into the run dir."""
+        self.write_front(self.run_dir, plot=True)
+        return {**{k.split("/", 1)[1]: v for k, v in self.metrics().items()}, "env_steps": float(self.env_steps)}
+
+    def describe(self) -> str:
+        a = self.cfg.algo
+        return f"morl_baselines {a.method} on {self.cfg.env.id}: {a.total_steps} env steps in {self.total} chunks"
+
+    def close(self) -> None:
+        torch.set_num_threads(self.threads)

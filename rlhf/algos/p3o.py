@@ -1,22 +1,27 @@
-"""P3O: Pairwise Proximal Policy Optimization (Wu, Zhu, Zhang, Wen, Ramchandran, Jiao 2023).
+"""P3O: Pairwise Proximal Policy Optimization (Wu, Zhu, Zhang, Wen, Ramchandran, Jiao 2023,
+arXiv:2310.00212), as in the authors' trlx fork.
 
-Reference: specs/algorithms-a.md §1 (the author's trlx fork). Each prompt gets two
-independent responses y1, y2 ~ pi_old; each one's reward is the other's baseline, so the
-gradient is invariant to any per-prompt reward shift delta(x) and no value network is
-needed (pairwise policy gradient, §1.2):
+Each prompt gets two independent responses y1, y2 ~ pi_old; each one's reward is the other's
+baseline, so the gradient is invariant to any per-prompt reward shift delta(x) (the paper's
+reward-equivalence invariance) and no value network is needed. Pairwise policy gradient
+(paper, "Pairwise Policy Gradient"):
 
     grad J = E[ (r1 - r2) * grad(log pi(y1|x) - log pi(y2|x)) / 2 ]
 
-With the KL penalty (§1.3) the pair's signal is
+With the KL penalty folded into the reward, the pair's signal is
     q = sg[ (r1 - r2) - beta * (L1 - L2) ],   L_i = sum_t log pi(y_i,t) - log pi_ref(y_i,t)
-and the off-policy weight (§1.4) is w = sg[ clip(rho1 * rho2, 1/C, C) ], rho_i = pi/pi_old.
+and the off-policy weight is w = sg[ clip(rho1 * rho2, 1/C, C) ], rho_i = pi/pi_old
+(importance sampling of the pair, as in the authors' code).
 
-Two trust regions (§1.4), u_i = log pi(y_i|x) summed over the response:
+Two trust regions (paper, "Pairwise Proximal Policy Optimization": clipping separately, V1,
+or jointly, V2), u_i = log pi(y_i|x) summed over the response:
     joint (V2):    max(-q w d, -q w clip(d, d_old - eps, d_old + eps)) / 2,  d = u1 - u2
     separate (V1): [max(-q w u1, -q w clip(u1, ...)) + max(+q w u2, +q w clip(u2, ...))] / 2
                    (tokenwise=true applies the separate clip to each token's log-prob)
-Rewards are clipped to +-reward_clip and divided by a running std (never per-prompt
-normalized, never clipped as differences, §1.8).
+Rewards are clipped to +-reward_clip and, with reward_scaling=running, divided by a running
+std (never per-prompt normalized, never clipped as differences, as in the authors' code). The
+running std moves with the rewards' offsets, so the exact invariance to delta(x) holds with
+reward_scaling=none.
 """
 from __future__ import annotations
 

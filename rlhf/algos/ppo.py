@@ -41,8 +41,8 @@ class PPO(Algorithm):
             self.critic = ValueModel(copy.deepcopy(reward_model.trunk), head_init="zeros")
         else:
             self.critic = ValueModel.from_lm(policy, head_init="zeros")
-        # The copy keeps its source's requires_grad flags (a reward model is loaded frozen, a
-        # LoRA policy's base weights are frozen): the critic trains every parameter.
+        # A deep copy keeps its source's requires_grad flags, and the reward model is loaded
+        # frozen: without this only the head would be optimized. The critic trains every parameter.
         self.critic.requires_grad_(True)
         self.critic.train()
         params = list(policy.parameters()) + list(self.critic.parameters())

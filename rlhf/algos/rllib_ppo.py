@@ -7,15 +7,21 @@ runs in this process. The same config scales to a cluster: start Ray there (`ray
 --head` / `ray start --address=...`), then pass `algo.address=auto algo.num_env_runners=64`
 (and `algo.num_learners=N` for remote learners, with GPUs if the cluster has them).
 
-What this module adds to RLlib:
+A step of the run is one `algo.train()` iteration (about algo.train_batch_size env steps). What
+this module adds to RLlib:
   * the env adapter: RLlib's CNN encoder wants channels-last float images, so the framework's
     uint8 [stack, H, W] frames become float32 [H, W, stack] in [0, 1] (`rllib_env`);
-  * the shared metric names in TensorBoard: an RLlib callback logs each episode's distance and
-    flag into RLlib's MetricsLogger; after every training iteration this module writes
-    `mario/x_pos`, `mario/flag_rate`, `episode/return`, `perf/env_steps_per_s` and the
-    learner's `loss/policy`, `loss/value`, `policy/entropy`, `policy/approxkl` (step = env steps);
-  * atomic checkpoints (rlhf.checkpoint) holding RLlib's `save_to_path` directory; `train.resume`
-    restores it (`restore_from_path`); `evaluate` loads only the RLModule (no Ray needed).
+  * clean step boundaries: before each iteration every env runner (local and remote) re-seeds
+    its python/numpy/torch RNGs and resets its envs with a seed of that iteration, so the
+    experience of an iteration depends only on the weights and the iteration number; the
+    checkpoint holds RLlib's whole Algorithm state (learner weights and optimizer, connector
+    states, metrics, iteration), so a paused run (train.stop_after) resumes exactly;
+  * the shared metric names (x = env steps): an RLlib callback logs each episode's distance
+    and flag; each iteration reports `mario/x_pos`, `mario/flag_rate`, `episode/return`,
+    `perf/env_steps_per_s` and the learner's `loss/policy`, `loss/value`, `policy/entropy`,
+    `policy/approxkl`;
+  * checkpoints also hold RLlib's `save_to_path` directory, from which `evaluate` loads only the
+    RLModule (no Ray needed).
 
 Ray is started with algo.num_cpus CPUs and no dashboard when no cluster address is given, and
 shut down at the end if this module started it. Set RAY_AUTH_MODE=disabled on machines without
@@ -24,6 +30,7 @@ Ray's token setup (this module sets it when unset).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -32,8 +39,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rlhf import checkpoint as ckpt
 from rlhf.config import ConfigError
+from rlhf.harness import Job
 
 log = logging.getLogger("rlhf")
 RLLIB_DIR = "rllib"
@@ -68,24 +75,6 @@ def mario_callbacks():
                                      window=1000, clear_on_reduce=True)
 
     return MarioEpisodeMetrics
-
-
-def check_config(cfg) -> None:
-    from envs import mario
-
-    mario.check_env_config(cfg.env)
-    a = cfg.algo
-    for key in ("total_steps", "num_env_runners", "num_envs_per_env_runner", "train_batch_size", "minibatch_size",
-                "num_epochs", "num_cpus", "threads"):
-        if not isinstance(a[key], int) or a[key] < (0 if key == "num_env_runners" else 1):
-            raise ConfigError(f"algo.{key}={a[key]!r} must be a positive integer")
-    if not isinstance(a.checkpoint_every, int) or a.checkpoint_every < 0:
-        raise ConfigError(f"algo.checkpoint_every={a.checkpoint_every!r} must be an integer >= 0 (iterations)")
-    if int(a.minibatch_size) > int(a.train_batch_size):
-        raise ConfigError(f"algo.minibatch_size={a.minibatch_size} exceeds algo.train_batch_size={a.train_batch_size}")
-    if a.address is None and int(a.num_env_runners) > int(a.num_cpus):
-        raise ConfigError(f"algo.num_env_runners={a.num_env_runners} needs one CPU each but the local Ray gets "
-                          f"algo.num_cpus={a.num_cpus}; raise algo.num_cpus or lower the runners")
 
 
 def build_config(cfg):
@@ -156,69 +145,96 @@ def sampled_steps(result: dict) -> int:
     return int(_get(result, "env_runners", "num_env_steps_sampled", default=0) or 0)
 
 
-def train(cfg, run_dir: Path) -> dict[str, float]:
-    """`python -m rlhf.train algo=rllib_ppo env=mario`: RLlib PPO iterations until
-    algo.total_steps env steps have been sampled; one TensorBoard point per iteration."""
-    import ray
-    from ray.tune.registry import register_env
-    from torch.utils.tensorboard import SummaryWriter
+def reseed_runner(runner, seed: int) -> None:
+    """Run on an env runner before an iteration: its RNGs and env resets depend on `seed` only."""
+    import random
 
-    from rlhf.harness import save_eval
+    s = seed + 7919 * int(runner.worker_index)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    runner._seed = s  # RLlib seeds the envs with it at the next (initial) reset
+    runner._needs_initial_reset = True
 
-    check_config(cfg)
-    run_dir, a = Path(run_dir), cfg.algo
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(a.threads))
-    started = start_ray(cfg)
-    register_env(ENV_NAME, rllib_env)
-    algo, writer = None, None
-    try:
-        algo = build_config(cfg).build_algo()
-        env_steps, iteration = 0, 0
-        if cfg.train.resume:
-            path = ckpt.resolve_resume(cfg.train.resume, run_dir, run_dir.parent)
-            algo.restore_from_path(str((path / RLLIB_DIR).resolve()))
-            state = torch.load(path / ckpt.STATE, weights_only=False)
-            env_steps, iteration = int(state["step"]), int(state["iteration"])
-            log.info(f"[resume] from {path} at {env_steps} env steps")
-        writer = SummaryWriter(str(run_dir), purge_step=env_steps + 1 if env_steps else None)
 
-        def save() -> Path:
-            state = {"step": env_steps, "iteration": iteration, "config": OmegaConf.to_container(cfg, resolve=True)}
-            return ckpt.save_checkpoint(run_dir, env_steps, state, {}, int(cfg.train.keep_checkpoints),
-                                        write_extra=lambda tmp: algo.save_to_path(str((tmp / RLLIB_DIR).resolve())))
+class RLlibPPO(Job):
+    unit = "iteration"
 
-        log.info(f"[rllib_ppo] RLlib PPO on stages {list(cfg.env.stages)}: {a.num_env_runners} env runners x "
-                 f"{a.num_envs_per_env_runner} envs, batch {a.train_batch_size}, until {a.total_steps} env steps "
-                 f"| run dir {run_dir}")
-        start, start_steps, last = time.time(), env_steps, {}
-        while env_steps < int(a.total_steps):
-            result = algo.train()
-            iteration += 1
-            env_steps += sampled_steps(result)
-            metrics = shared_metrics(result, env_steps - start_steps, time.time() - start)
-            last.update(metrics)
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, env_steps)
-            log.info(f"[rllib_ppo] it {iteration} steps {env_steps}/{a.total_steps} | x_pos "
-                     f"{metrics.get('mario/x_pos', float('nan')):.0f} return {metrics.get('episode/return', float('nan')):.1f}"
-                     f" | {metrics['perf/env_steps_per_s']:.0f} steps/s")
-            if int(a.checkpoint_every) and iteration % int(a.checkpoint_every) == 0:
-                save()
-        final_path = save()
-        final = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(("mario/", "episode/"))}
-        final.update({"env_steps": float(env_steps), "wall_s": time.time() - start})
-        save_eval(run_dir, env_steps, final)
-        log.info(f"[rllib_ppo] done: {env_steps} env steps in {final['wall_s']:.0f}s; checkpoint {final_path}")
-        return final
-    finally:
-        if writer is not None:
-            writer.close()
-        if algo is not None:
-            algo.stop()
-        if started:
+    @classmethod
+    def check(cls, cfg) -> None:
+        from envs import mario
+
+        mario.check_env_config(cfg.env)
+        a = cfg.algo
+        for key in ("total_steps", "num_env_runners", "num_envs_per_env_runner", "train_batch_size", "minibatch_size",
+                    "num_epochs", "num_cpus", "threads", "checkpoint_every"):
+            if not isinstance(a[key], int) or a[key] < (0 if key in ("num_env_runners", "checkpoint_every") else 1):
+                raise ConfigError(f"algo.{key}={a[key]!r} must be a positive integer")
+        if int(a.minibatch_size) > int(a.train_batch_size):
+            raise ConfigError(f"algo.minibatch_size={a.minibatch_size} exceeds algo.train_batch_size={a.train_batch_size}")
+        if a.address is None and int(a.num_env_runners) > int(a.num_cpus):
+            raise ConfigError(f"algo.num_env_runners={a.num_env_runners} needs one CPU each but the local Ray gets "
+                              f"algo.num_cpus={a.num_cpus}; raise algo.num_cpus or lower the runners")
+
+    def __init__(self, cfg, run_dir: Path):
+        from ray.tune.registry import register_env
+
+        super().__init__(cfg, run_dir)
+        a = cfg.algo
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(int(a.threads))
+        self.started = start_ray(cfg)
+        register_env(ENV_NAME, rllib_env)
+        self.algo = build_config(cfg).build_algo()
+        self.total = math.ceil(int(a.total_steps) / int(a.train_batch_size))
+        self.env_steps = 0
+
+    def step(self) -> dict[str, float]:
+        seed = int(self.cfg.seed) * 1_000_003 + self.steps_done * 101
+        self.algo.env_runner_group.foreach_env_runner(lambda runner: reseed_runner(runner, seed), local_env_runner=True)
+        start = time.time()
+        result = self.algo.train()
+        steps = sampled_steps(result)
+        self.env_steps += steps
+        return shared_metrics(result, steps, time.time() - start)
+
+    def log_x(self) -> int:
+        return self.env_steps
+
+    @property
+    def checkpoint_every(self) -> int:
+        return int(self.cfg.algo.checkpoint_every)
+
+    @property
+    def eval_every(self) -> int:
+        return 0  # held-out evaluation: python -m rlhf.evaluate
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        learner = getattr(self.algo.learner_group, "_learner", None)  # None with remote learners
+        return {"policy": learner.module[MODULE_PATH[-1]]} if learner is not None else {}
+
+    def state_dict(self) -> dict:
+        return {"rllib": self.algo.get_state(), "env_steps": self.env_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.algo.set_state(state["rllib"])
+        self.env_steps = int(state["env_steps"])
+
+    def write_extra(self, checkpoint_dir: Path) -> None:
+        self.algo.save_to_path(str((Path(checkpoint_dir) / RLLIB_DIR).resolve()))
+
+    def describe(self) -> str:
+        a = self.cfg.algo
+        return (f"rllib_ppo on stages {list(self.cfg.env.stages)}: {a.num_env_runners} env runners x "
+                f"{a.num_envs_per_env_runner} envs, {self.total} iterations of ~{a.train_batch_size} env steps")
+
+    def close(self) -> None:
+        import ray
+
+        self.algo.stop()
+        if self.started:
             ray.shutdown()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(self.threads)
 
 
 def load_module(checkpoint_dir: Path):
@@ -232,7 +248,6 @@ def evaluate(cfg, checkpoint_dir: Path, run_dir: Path) -> dict[str, float]:
     """`python -m rlhf.evaluate run=<run dir> [eval.episodes=N] [eval.stages=all] [eval.gif=true]`:
     actions sampled from the RLModule's distribution (eval.deterministic=true: argmax)."""
     from envs import mario
-    from rlhf.algos.reptile import eval_stages
 
     torch.set_num_threads(int(cfg.algo.threads))
     module = load_module(checkpoint_dir)
@@ -247,4 +262,5 @@ def evaluate(cfg, checkpoint_dir: Path, run_dir: Path) -> dict[str, float]:
             return int(logits.argmax())
         return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
 
-    return mario.evaluate_stages(cfg.env, act, eval_stages(cfg), int(cfg.eval.episodes), gif_dir)
+    return mario.evaluate_stages(cfg.env, act, mario.eval_stages(cfg.env, str(cfg.eval.stages)), int(cfg.eval.episodes),
+                                 gif_dir)

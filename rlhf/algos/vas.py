@@ -1,16 +1,16 @@
 """VAS: Value Augmented Sampling (Han, Shenfeld, Srivastava, Kim, Agrawal 2024).
 
-Reference: specs/algorithms-a.md §4 (the authors' repository and TRL port). VAS never trains
+Follows the paper and the authors' released code (and its TRL port). VAS never trains
 the policy. It fits a value function of the *frozen* base policy pi_0 from pi_0's own samples,
 then sharpens pi_0 at decoding time (rlhf.rollout.guidance):  pi(a|s) ~ pi_0(a|s) exp(beta Q(s,a)),
 with Q(s, a) = V(s.a) because the transition is concatenation.
 
-Value training, per rollout phase (§4.2), on samples drawn by the shared loop from pi_0:
+Value training, per rollout phase, on samples drawn by the shared loop from pi_0:
     V(s_t) for every generated token t (the state before it; rlhf.functional convention),
     reward on the last generated token, V after the end = 0,
     TD(lambda) targets from the pre-update values:  G_t = A_t + V(s_t), A = GAE(gamma, lambda),
     loss = 1/2 masked_mean((V_phi(s_t) - G_t)^2)
-  plus the terminal state s.EOS with target r (§4.6: otherwise V(s.EOS), which decoding asks
+  plus the terminal state s.EOS with target r (otherwise V(s.EOS), which decoding asks
   for whenever EOS is a top-k candidate, is never trained).
 The value model is the base policy's trunk (same tokenizer: it scores pi_0's token ids) with
 a zero-initialized head. The base policy gets no optimizer and no gradient.

@@ -1,4 +1,4 @@
-"""Launchers: where rollouts run (DESIGN.md contract 6).
+"""Launchers: where rollouts run (docs/layout.md, contract 6).
 
 The trainer is the single controller. It sees one small object, a rollout backend:
 

@@ -1,6 +1,6 @@
-"""The DPO family of direct-alignment losses (spec algorithms-b.md §6), one function each.
+"""The DPO family of direct-alignment losses, one function each, as written in each paper.
 
-Conventions shared by every loss (spec §6 "Conventions"):
+Conventions shared by every loss:
   * l(y) = log pi_theta(y|x), summed over response tokens only (prompt tokens masked);
   * Delta(y) = l(y) - l_ref(y), the implicit reward up to beta;
   * h = Delta(y_w) - Delta(y_l);

@@ -1,4 +1,4 @@
-"""The rollout engine interface (DESIGN.md contract 2) and the HF-generate engine.
+"""The rollout engine interface (docs/layout.md, contract 2) and the HF-generate engine.
 
     engine.generate(prompt_token_ids, sampling) -> [Completion(token_ids, logprobs, finish_reason)]
     engine.load_weights(named_tensors, version)
@@ -184,7 +184,7 @@ class HFEngine(Engine):
 
 
 
-# --- the checked weight sync (peers.md §6.1: stale or corrupt engine weights fail silently) ---
+# --- the checked weight sync (stale or corrupt engine weights otherwise fail silently) ---
 
 def score_with_model(model: torch.nn.Module, sequences: list[list[int]], prompt_lens: list[int],
                      pad_id: int) -> list[list[float]]:

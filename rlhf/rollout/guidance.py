@@ -1,6 +1,6 @@
 """Decoding modes of the rollout layer (the `decoding` config group).
 
-`decoding=vas`: Value Augmented Sampling (Han et al. 2024, spec algorithms-a.md §4.3). At
+`decoding=vas`: Value Augmented Sampling (Han et al. 2024, the guided decoding rule). At
 each step, for the base policy's top-k tokens a, value models V_i score the extended prefix
 s.a (Q(s, a) = V(s.a): the transition is concatenation), and the base log-probs get
 sum_i beta_i * (V_i(s.a) - mean over top-k); then the usual temperature / top-p warpers run

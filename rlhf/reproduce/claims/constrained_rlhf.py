@@ -1,5 +1,5 @@
 """Claim `constrained_rlhf` (Moskovitz et al., ICLR 2024, "Confronting Reward Model
-Overoptimization with Constrained RLHF"; spec algorithms-b.md §2.9).
+Overoptimization with Constrained RLHF").
 
 Task: env=text with the composite reward (envs/composite.py): components praise and detail,
 each a useful proxy of the hidden evaluation score only up to a point.

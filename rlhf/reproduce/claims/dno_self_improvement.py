@@ -1,5 +1,5 @@
-"""Claim `dno_self_improvement` (Rosset et al. 2024, "Direct Nash Optimization"; spec
-algorithms-a.md §2.7; docs/dpo_dno.md): iterating DNO-Prct improves the policy against its
+"""Claim `dno_self_improvement` (Rosset et al. 2024, "Direct Nash Optimization";
+docs/dpo_dno.md): iterating DNO-Prct improves the policy against its
 starting point at every iteration, with a transitive and with an intransitive preference
 oracle; and on the intransitive oracle, DNO beats PPO trained on a Bradley-Terry reward
 model fitted to the same oracle's labels.

@@ -1,4 +1,4 @@
-"""Claim `p3o_frontier` (Wu et al. 2023; spec algorithms-a.md §1.7, §1.9): P3O reaches a
+"""Claim `p3o_frontier` (Wu et al. 2023): P3O reaches a
 better KL-reward trade-off than PPO: at matched KL to the reference, its reward is higher.
 
 Sweep: {PPO, P3O} x KL coefficient beta x seeds on env=text with the proxy reward model.

@@ -1,5 +1,5 @@
-"""Claim `rm_ensembles_overoptimization` (Coste, Anwar, Kirk, Krueger, ICLR 2024; spec
-algorithms-b.md §3.8): conservative reward-model ensembles (WCO, UWO) mitigate reward-model
+"""Claim `rm_ensembles_overoptimization` (Coste, Anwar, Kirk, Krueger, ICLR 2024):
+conservative reward-model ensembles (WCO, UWO) mitigate reward-model
 overoptimization.
 
 Instrument. Gao et al.'s setup on env=text: the gold scorer labels pairs sampled from the
@@ -8,13 +8,13 @@ noise. At the default sampling temperature the base policy's samples are all flu
 and best-of-n up to n=512 shows no overoptimization (measured: single-RM gold still rising
 at n=512). The base distribution used here samples at temperature 1.6 (RM data, best-of-n
 and PPO alike): its tail then holds disfluent, repetitive texts that proxies misjudge, which
-is the thin-tail condition the spec asks to fix ("if overoptimization does not appear, the
+is the thin-tail condition to avoid ("if overoptimization does not appear, the
 tail is too thin").
 
 The pool size is the other half of the instrument. With N=512 samples per prompt (n up to
 512) the proxies' errors were only starting to dominate: the single-RM gold (mean of 5 seeds)
 peaked at n=128 and fell 6.9% by n=512 with 25% noise, short of the criterion, while single
-seeds already fell by up to 29%. The spec's toy draws N=1024 per prompt; so does this claim,
+seeds already fell by up to 29%. This claim draws N=1024 per prompt,
 reading every curve out to n=1024.
 
 Precision. At n = N the estimate is the gold of one sample per prompt, so the comparisons

@@ -1,4 +1,4 @@
-"""Claim `vas_steering` (Han et al. 2024, Value Augmented Sampling; spec algorithms-a.md §4.7):
+"""Claim `vas_steering` (Han et al. 2024, Value Augmented Sampling):
 a value function learned from a frozen base policy's own samples steers that policy at
 decoding time. Reward rises with beta (and KL to the base with it), VAS is competitive with
 best-of-n at comparable generation compute, and several value models compose at decoding

@@ -1,0 +1,152 @@
+"""P3O.step through the class, on a tiny random Qwen2 policy and hand-built rollout batches.
+
+(a) rows 2i and 2i+1 are the two responses of prompt i: swapping them within a pair gives the
+same update, and a pair of identical responses with equal rewards gives none; (b) the update is
+invariant to a per-prompt reward shift delta(x) (Wu et al. 2023: P3O is invariant to equivalent
+rewards) when rewards are not divided by a running std (algo.reward_scaling=none).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from agents.models import build_tiny_lm, frozen_copy
+from rlhf.algos.base import torch_threads
+from rlhf.algos.p3o import P3O
+from rlhf.config import compose
+from rlhf.rollout.batch import Batch
+
+VOCAB, PAD = 48, 0
+TINY = OmegaConf.create({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                         "num_attention_heads": 2, "num_key_value_heads": 1,
+                         "max_position_embeddings": 64, "tie_word_embeddings": True})
+
+
+class Vocab(list):
+    """What build_tiny_lm reads from a tokenizer: its length and the EOS / pad ids."""
+    eos_token_id = PAD
+    pad_token_id = PAD
+
+
+def make_batch(prompts: list[list[int]], responses: list[list[int]], group: list[int]) -> Batch:
+    """Right-padded rows prompt + response; actions are the response tokens, the last one ends the turn."""
+    n, width = len(prompts), max(len(p) + len(r) for p, r in zip(prompts, responses))
+    ids = torch.full((n, width), PAD, dtype=torch.long)
+    attention = torch.zeros(n, width, dtype=torch.long)
+    action = torch.zeros(n, width)
+    turn_end = torch.zeros(n, width)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+        attention[i, :len(p) + len(r)] = 1
+        action[i, len(p):len(p) + len(r)] = 1.0
+        turn_end[i, len(p) + len(r) - 1] = 1.0
+    return Batch(input_ids=ids, attention_mask=attention, action_mask=action, behaviour_logprobs=torch.zeros(n, width),
+                 turn_end_mask=turn_end, group=torch.tensor(group), finished=torch.ones(n, dtype=torch.bool))
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: a second torch thread only adds synchronisation (seconds per step on a busy CPU)."""
+    with torch_threads(1):
+        yield
+
+
+# three prompts, two responses each: rows 2i, 2i+1 belong to prompt i
+PROMPTS = [[5, 6, 7], [9, 3], [11, 12, 13, 14]]
+RESPONSES = [[20, 21, 22, 23], [24, 25], [30, 31], [32, 33, 34], [40, 41, 42], [43, 44, 45, 46]]
+REWARDS = [0.8, -0.4, 0.1, 0.9, -0.7, -0.2]
+
+
+def pair_batch(order: list[int] | None = None) -> Batch:
+    order = order or list(range(6))
+    prompts = [PROMPTS[i // 2] for i in order]
+    return make_batch(prompts, [RESPONSES[i] for i in order], [i // 2 for i in order])
+
+
+def on_last_token(batch: Batch, rewards: list[float]) -> torch.Tensor:
+    return torch.tensor(rewards)[:, None] * batch.turn_end_mask
+
+
+@pytest.fixture(scope="module")
+def initial_policy():
+    torch.manual_seed(0)
+    return build_tiny_lm(TINY, Vocab(range(VOCAB))).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def config(overrides: tuple[str, ...]):
+    return compose(list(overrides))  # P3O only reads its config
+
+
+def update(initial_policy, batch: Batch, rewards: list[float], overrides: list[str] = ()) -> dict[str, torch.Tensor]:
+    """Parameter change of one P3O.step (2 epochs: the second is off-policy) from a fresh copy."""
+    cfg = config(("algo=p3o", "rollout.temperature=1.0", "algo.epochs=2", "algo.minibatch_pairs=16",
+                  "algo.kl_coef=0.1", *overrides))
+    policy = copy.deepcopy(initial_policy)
+    algo = P3O(cfg, policy, frozen_copy(initial_policy), tokenizer=None)
+    algo.step(batch, on_last_token(batch, rewards))
+    before = dict(initial_policy.named_parameters())
+    return {name: (p.detach() - before[name].detach()) for name, p in policy.named_parameters()}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def largest(a: dict[str, torch.Tensor]) -> float:
+    return max(float(v.abs().max()) for v in a.values())
+
+
+# --- (a) row pairing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["joint", "separate"])
+def test_swapping_the_two_rows_of_a_pair_gives_the_same_update(initial_policy, variant):
+    """y1 <-> y2 within each pair flips q and d (or swaps the two separate terms): same loss,
+    same update, for each trust-region variant."""
+    overrides = [f"algo.clip_variant={variant}", "algo.reward_scaling=none"]
+    base = update(initial_policy, pair_batch(), REWARDS, overrides)
+    swap = [1, 0, 3, 2, 5, 4]
+    swapped = update(initial_policy, pair_batch(swap), [REWARDS[i] for i in swap], overrides)
+    assert largest(base) > 1e-4  # the step did move the policy
+    assert max_difference(base, swapped) < 1e-6
+
+
+def test_pairs_are_adjacent_rows(initial_policy):
+    """Rows 2i, 2i+1 form a pair. Two identical responses with equal rewards per prompt give
+    q = 0 for every pair, hence no update; the same rows laid out A, B, A, B (same group ids on
+    adjacent rows, but now different responses in each pair) do move the policy."""
+    a, b = 0, 2  # responses of prompts 0 and 1
+    same = make_batch([PROMPTS[0]] * 2 + [PROMPTS[1]] * 2, [RESPONSES[a]] * 2 + [RESPONSES[b]] * 2, [0, 0, 1, 1])
+    overrides = ["algo.reward_scaling=none", "algo.weight_decay=0"]
+    assert largest(update(initial_policy, same, [0.5, 0.5, -1.0, -1.0], overrides)) == 0.0
+    mixed = make_batch([PROMPTS[0], PROMPTS[1]] * 2, [RESPONSES[a], RESPONSES[b]] * 2, [0, 0, 1, 1])
+    assert largest(update(initial_policy, mixed, [0.5, -1.0, 0.5, -1.0], overrides)) > 1e-4
+
+
+def test_rejects_a_batch_whose_pairs_are_not_adjacent(initial_policy):
+    batch = pair_batch([0, 2, 1, 3, 4, 5])  # groups 0, 1, 0, 1, 2, 2
+    with pytest.raises(ValueError, match="adjacent rows"):
+        update(initial_policy, batch, REWARDS)
+
+
+# --- (b) invariance to a per-prompt reward shift -------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["joint", "separate"])
+def test_per_prompt_reward_shift_leaves_the_update_unchanged(initial_policy, variant):
+    """r -> r + delta(x) on both responses of prompt x: the same update to 1e-6 with running-std
+    scaling off (the shift would change the running std). Sensitivity: a shift that differs
+    within a pair does change the update."""
+    delta = [3.0, 3.0, -4.0, -4.0, 2.5, 2.5]  # per prompt; shifted rewards stay inside reward_clip
+    shifted = [r + d for r, d in zip(REWARDS, delta)]
+    overrides = [f"algo.clip_variant={variant}", "algo.reward_scaling=none"]
+    base = update(initial_policy, pair_batch(), REWARDS, overrides)
+    assert largest(base) > 1e-4
+    assert max_difference(base, update(initial_policy, pair_batch(), shifted, overrides)) < 1e-6
+    per_sample = [r + (1.0 if i % 2 == 0 else 0.0) for i, r in enumerate(REWARDS)]
+    assert max_difference(base, update(initial_policy, pair_batch(), per_sample, overrides)) > 1e-5
