@@ -110,7 +110,7 @@ def lm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
 
 class ValueModel(nn.Module):
     """Transformer trunk + scalar head. Head init N(0, 1/sqrt(d+1)) for reward models
-    (spec §5.7) or zeros for critics (OAI)."""
+    (Stiennon et al. 2020) or zeros for critics (Huang et al. 2024, "N+ implementation details")."""
 
     def __init__(self, trunk: nn.Module, head_init: str = "normal"):
         super().__init__()
@@ -126,6 +126,8 @@ class ValueModel(nn.Module):
 
     @classmethod
     def from_lm(cls, lm: nn.Module, head_init: str = "normal") -> "ValueModel":
+        if hasattr(lm, "get_base_model"):  # a LoRA-wrapped policy: the critic copies the plain model
+            lm = lm.get_base_model()
         return cls(copy.deepcopy(lm.base_model), head_init)
 
     def raw(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -152,9 +152,6 @@ def _check_combinations(cfg: DictConfig) -> None:
     if r.name == "vllm" and int(cfg.model.lora.rank) > 0:
         raise ConfigError(f"rollout=vllm syncs full weights; with model.lora.rank={cfg.model.lora.rank} use "
                           "rollout=hf (LoRA adapters into vLLM are not supported yet)")
-    if cfg.algo.name == "p3o" and int(cfg.algo.samples_per_prompt) != 2:
-        raise ConfigError(f"algo=p3o pairs two responses per prompt: algo.samples_per_prompt must be 2, "
-                          f"got {cfg.algo.samples_per_prompt}")
     if cfg.env.name == "games" and cfg.reward.name != "gold":
         raise ConfigError(f"env=games is scored by its own payoffs: use reward=gold (got reward={cfg.reward.name})")
     if cfg.env.name == "games" and int(cfg.env.max_turns) != int(cfg.env.rounds):
@@ -164,11 +161,6 @@ def _check_combinations(cfg: DictConfig) -> None:
     if objective in ("wco", "uwo") and int(cfg.reward.members) < 2:
         raise ConfigError(f"reward.objective={objective} combines an ensemble: reward.members must be >= 2, "
                           f"got {cfg.reward.members} (with one member use reward.objective=mean)")
-    if cfg.algo.name == "ppo" and cfg.algo.critic_init == "reward_model" and cfg.reward.name == "gold":
-        raise ConfigError(f"algo.critic_init=reward_model needs a reward model (got reward={cfg.reward.name}); "
-                          "valid choices here: algo.critic_init=auto or policy")
-    if cfg.algo.name == "ppo" and not 0.0 <= float(cfg.algo.gamma) <= 1.0:
-        raise ConfigError(f"algo.gamma={cfg.algo.gamma} must lie in [0, 1]")
     _check_launcher(cfg.launcher)
     if cfg.device == "cuda":
         import torch

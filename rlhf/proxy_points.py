@@ -1,4 +1,4 @@
-"""Proxy points of a composite reward's components (Moskovitz et al. 2024, §2.2 of the spec):
+"""Proxy points of a composite reward's components (Moskovitz et al. 2024):
 
     python -m rlhf.proxy_points RUN_DIR [RUN_DIR ...] --out proxy_points.json [--use joint|individual]
 

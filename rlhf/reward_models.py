@@ -1,4 +1,4 @@
-"""Proxy reward models (built and cached for `reward=rm|ensemble`; `algo=rm` builds them alone) trained with the Bradley-Terry loss (spec §3.2, after
+"""Proxy reward models (built and cached for `reward=rm|ensemble`; `algo=rm` builds them alone) trained with the Bradley-Terry loss (after
 Gao et al.): pairs of responses sampled from the SFT policy for the same prompt, labelled
 by the environment's gold scorer (label flipped with probability env.label_noise), and
 a transformer + scalar head fitted to -log sigma(r_chosen - r_rejected). With

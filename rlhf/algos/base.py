@@ -95,7 +95,7 @@ def minibatch_indices(n: int, num_minibatches: int, generator: torch.Generator) 
 
 
 class KLController:
-    """Fixed beta, or the adaptive rule of Ziegler et al. (spec §5.6):
+    """Fixed beta, or the adaptive rule of Ziegler et al. (2019):
     e = clip(KL / target - 1, -0.2, 0.2);  beta <- beta * (1 + e * n / horizon)."""
 
     def __init__(self, init: float, adaptive: bool = False, target: float = 6.0, horizon: float = 10000):

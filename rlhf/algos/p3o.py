@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.algos.base import Algorithm, RunningMoments, make_optimizer, minibatch_indices, optimizer_step
+from rlhf.config import ConfigError
 from rlhf.functional import (clipped_importance_weight, clipped_surrogate, kl_estimate, masked_sum,
                              sequence_logprob)
 from rlhf.rollout.batch import Batch
@@ -55,6 +56,12 @@ def p3o_pair_loss(q: torch.Tensor, weight: torch.Tensor, logp: torch.Tensor, old
 
 class P3O(Algorithm):
     name = "p3o"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if int(cfg.algo.samples_per_prompt) != 2:
+            raise ConfigError(f"algo=p3o pairs two responses per prompt: algo.samples_per_prompt must be 2, "
+                              f"got {cfg.algo.samples_per_prompt}")
 
     def __init__(self, cfg, policy, ref, tokenizer, **kw):
         super().__init__(cfg, policy, ref, tokenizer)

@@ -26,6 +26,7 @@ import torch
 
 from agents.models import ValueModel
 from rlhf.algos.base import Algorithm, KLController, make_optimizer, minibatch_indices, optimizer_step
+from rlhf.config import ConfigError
 from rlhf.functional import (clipped_policy_loss, clipped_value_loss, gae, kl_estimate, masked_mean,
                              masked_sum, masked_whiten, token_entropy)
 from rlhf.rollout.batch import Batch
@@ -33,6 +34,14 @@ from rlhf.rollout.batch import Batch
 
 class PPO(Algorithm):
     name = "ppo"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.algo.critic_init == "reward_model" and cfg.reward.name == "gold":
+            raise ConfigError(f"algo.critic_init=reward_model needs a reward model (got reward={cfg.reward.name}); "
+                              "valid choices here: algo.critic_init=auto or policy")
+        if not 0.0 <= float(cfg.algo.gamma) <= 1.0:
+            raise ConfigError(f"algo.gamma={cfg.algo.gamma} must lie in [0, 1]")
 
     def __init__(self, cfg, policy, ref, tokenizer, reward_model: ValueModel | None = None, **kw):
         super().__init__(cfg, policy, ref, tokenizer)

@@ -17,7 +17,7 @@ class Batch:
     turn_end_mask: torch.Tensor  # [B, L] 1 on the last generated token of each turn
     group: torch.Tensor  # [B] episode seed: samples of the same prompt share it
     finished: torch.Tensor  # [B] bool, the last turn ended with EOS / a stop string
-    old_logprobs: torch.Tensor | None = None  # [B, L] pi_old recomputed by the trainer (spec §5.1)
+    old_logprobs: torch.Tensor | None = None  # [B, L] pi_old recomputed by the trainer
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

@@ -15,7 +15,7 @@ Runs (seed 0 unless stated; every run the same number of phases):
      (xi-PPO searching its thresholds by Nelder-Mead within its one run).
 
 Final values are means over the last `TAIL` phases of the training samples' logs
-(composite/*), the same decoding the proxy points were measured under (spec §2.8).
+(composite/*), the same decoding the proxy points were measured under.
 Criteria:
   a. the tuned fixed-weight PPO runs past a proxy point: some component ends > theta + 0.03,
      and its evaluation score ends below its own peak (smoothed);
@@ -32,7 +32,7 @@ import numpy as np
 from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register
 from rlhf.reproduce.plots import metric_vs_step
 
-TAIL = 15  # phases averaged for "final" values (spec §2.9)
+TAIL = 15  # phases averaged for "final" values
 SMOOTH = 9  # moving-average window of the plotted curves and of the peak
 # the baseline is tuned over the reward scale: after advantage whitening only the weights' size relative to the
 # KL penalty matters (measured: at (1, 1) PPO passes both proxy points within 10 phases)

@@ -6,7 +6,7 @@ Every run evaluates on held-out prompts every few phases, giving (KL, gold, prox
 along its trajectory; an algorithm's frontier is the upper envelope of its points over all
 betas and checkpoints (as the paper builds frontiers from beta sweeps and checkpoints).
 
-Criterion (spec §1.9): over the KL range both algorithms cover, split into 3 equal bins,
+Criterion: over the KL range both algorithms cover, split into 3 equal bins,
 P3O's frontier (mean over seeds) is at or above PPO's at >= 2 of the 3 bin edges, and its
 mean over the common range (a normalized area) is strictly higher (ties near KL 0, where
 both frontiers start at the reference policy, must not count as a reproduction). Measured for gold;

@@ -30,7 +30,7 @@ the same samples. Both noise levels share one cached sample pool (the samples do
 on the reward models), so only the scoring is repeated. PPO without KL penalty on a single
 RM (member 0), mean, WCO and UWO, for each noise level. Two runs go at once (workers=2).
 
-Criteria (spec §3.8, on best-of-n; the single-RM curve is the mean over the 5 seeds):
+Criteria (on best-of-n, after Coste et al. 2024; the single-RM curve is the mean over the 5 seeds):
  1. single-RM gold at the largest n is >= 10% below its own peak, at least with 25% noise;
  2. in that condition, WCO and UWO gold at the largest n is >= every single seed's, and their
     own peak-to-end drop is under half the single-RM drop;
@@ -52,7 +52,7 @@ OBJECTIVES = ("single", "mean", "wco", "uwo")
 # threads=1: two runs go at once on the 2 cores (Claim.workers), and a tiny model gains
 # little from a second thread (measured: a PPO phase 1.2 s with 1 thread, 1.4 s with 2).
 BASE = ["rollout.temperature=1.6", "reward=ensemble", "reward.uwo_lambda=0.5", "threads=1"]
-EXTRA_UWO = "uwo_l1"  # UWO with lambda 1, reported beside the criterion's lambda 0.5 (spec §3.8 metrics)
+EXTRA_UWO = "uwo_l1"  # UWO with lambda 1, reported beside the criterion's lambda 0.5
 
 
 def sweep(quick: bool) -> list[RunSpec]:
