@@ -135,6 +135,14 @@ def validate(cfg: DictConfig) -> None:
         check(cfg)
 
 
+def require_ints(section: DictConfig, keys, prefix: str = "algo", zero_ok=()) -> None:
+    """Each `section[key]` must be an integer >= 1 (>= 0 for keys in `zero_ok`)."""
+    for key in keys:
+        value, least = section[key], 0 if key in zero_ok else 1
+        if not isinstance(value, int) or value < least:
+            raise ConfigError(f"{prefix}.{key}={value!r} must be " + ("a positive integer" if least else "an integer >= 0"))
+
+
 def _check_choice(key: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}")

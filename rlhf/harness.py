@@ -76,7 +76,9 @@ class Job:
 
     @property
     def checkpoint_every(self) -> int:
-        return int(self.cfg.train.checkpoint_every)
+        """Steps between checkpoints: `algo.checkpoint_every` for an algorithm whose steps are
+        its own (chunks, meta-iterations), else `train.checkpoint_every`; 0 = only the last."""
+        return int(self.cfg.algo.get("checkpoint_every", self.cfg.train.checkpoint_every))
 
     @property
     def eval_every(self) -> int:

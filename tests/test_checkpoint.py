@@ -39,6 +39,7 @@ def test_resume_equals_uninterrupted(train_run, algo):
         assert tail_a == pytest.approx(tail_b, abs=1e-5), tag
 
 
+@pytest.mark.slow
 def test_checkpoint_is_atomic_under_kill9(tmp_path):
     """kill -9 during a run: the latest checkpoint is complete and resumes from its step."""
     run_dir = tmp_path / "killed"

@@ -120,6 +120,7 @@ def test_dno_rejects_overlapping_partitions():
         validate(compose_cfg(["algo=dno", "algo.iterations=5", "algo.prompts_per_iteration=100"]))
 
 
+@pytest.mark.slow
 def test_quick_dno_claim_reports_logged_numbers(tmp_path):
     import re
     import subprocess

@@ -300,6 +300,7 @@ SMALL_GAMES = ["algo=ppo", "env=games", "reward=gold", "model.sft.demonstrations
                "rollout.max_new_tokens=3", "train.steps=2"]
 
 
+@pytest.mark.slow
 def test_ppo_and_p3o_train_on_games_and_evaluate_behaviour(train_run):
     from rlhf.evaluate import main as evaluate
     from rlhf.logger import read_scalars

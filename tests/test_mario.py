@@ -241,6 +241,7 @@ def test_sb3_short_run_logs_shared_names_and_checkpoint_round_trips(tmp_path, tr
     assert {"1-1/mario/x_pos", "1-2/mario/x_pos", "mario/flag_rate", "episode/return"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_rllib_short_run_with_two_env_runners(tmp_path, train_run):
     import ray
 
@@ -262,6 +263,7 @@ def test_rllib_short_run_with_two_env_runners(tmp_path, train_run):
 
 # --- the claim --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_quick_mario_reptile_claim(tmp_path):
     from rlhf.reproduce import run_claim
 

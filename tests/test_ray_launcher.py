@@ -71,6 +71,7 @@ def local_reference(tmp_path_factory):
     return phases, scalars, trainer
 
 
+@pytest.mark.slow
 def test_single_node_run_equals_local(local_reference, tmp_path):
     """With no Ray running, launcher=ray starts its own (as `python -m rlhf.train launcher=ray`
     does), trains with two workers, logs exactly the local launcher's metrics, and shuts Ray
@@ -101,6 +102,7 @@ def multi_node(cluster) -> list[str]:
                   "launcher.placement_strategy=SPREAD"]
 
 
+@pytest.mark.slow
 def test_multi_node_run_equals_local(cluster, local_reference, tmp_path):
     nodes = {}
     trainer, phases, scalars = train(multi_node(cluster), tmp_path,
@@ -112,6 +114,7 @@ def test_multi_node_run_equals_local(cluster, local_reference, tmp_path):
     assert_same_metrics(scalars, local_reference[1])
 
 
+@pytest.mark.slow
 def test_dead_worker_is_restarted_and_its_episodes_rerun(cluster, local_reference, caplog):
     """Worker 0 exits (os._exit) after sampling its chunk, before returning it: Ray restarts it,
     the controller loads the current weights into it and re-runs exactly that chunk. The phase

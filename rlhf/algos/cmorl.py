@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from agents.control import MLPActorCritic
-from rlhf.config import ConfigError
+from rlhf.config import ConfigError, require_ints
 from rlhf.control_ppo import PPO, PPOConfig, ReturnNormalizer, Rollout, reset
 from rlhf.functional import masked_whiten
 from rlhf.harness import Job
@@ -86,10 +86,8 @@ class CMORL(Job):
     @classmethod
     def check(cls, cfg) -> None:
         a = cfg.algo
-        for key in ("total_steps", "init_steps", "num_envs", "num_steps", "update_iter", "num_select", "policy_buffer",
-                    "eval_episodes", "checkpoint_every", "threads"):
-            if not isinstance(a[key], int) or a[key] < (0 if key == "checkpoint_every" else 1):
-                raise ConfigError(f"algo.{key}={a[key]!r} must be a positive integer")
+        require_ints(a, ("total_steps", "init_steps", "num_envs", "num_steps", "update_iter", "num_select", "policy_buffer",
+                         "eval_episodes", "checkpoint_every", "threads"), zero_ok=("checkpoint_every",))
         if a.stages == "both" and int(a.init_steps) > int(a.total_steps):
             raise ConfigError(f"algo.init_steps={a.init_steps} exceeds algo.total_steps={a.total_steps}")
         if not 0.0 < float(a.beta) < 1.0:
@@ -245,10 +243,6 @@ class CMORL(Job):
 
     def log_x(self) -> int:
         return self.env_steps
-
-    @property
-    def checkpoint_every(self) -> int:
-        return int(self.cfg.algo.checkpoint_every)
 
     @property
     def eval_every(self) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf.config import ConfigError
+from rlhf.config import ConfigError, require_ints
 from rlhf.harness import Job
 from rlhf.pareto import front_metrics, pareto_front, simplex_weights, supported_points, write_front
 
@@ -134,9 +134,7 @@ class MORLBaselines(Job):
     @classmethod
     def check(cls, cfg) -> None:
         a = cfg.algo
-        for key in ("total_steps", "chunks", "eval_episodes", "threads"):
-            if not isinstance(a[key], int) or a[key] < 1:
-                raise ConfigError(f"algo.{key}={a[key]!r} must be a positive integer")
+        require_ints(a, ("total_steps", "chunks", "eval_episodes", "threads"))
         if a.method == "PGMORL" and cfg.train.resume:
             raise ConfigError("algo.method=PGMORL runs in one step and keeps no mid-run checkpoint; valid value here: "
                               "train.resume=null")

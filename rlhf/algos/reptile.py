@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from agents.control import ConvActorCritic
-from rlhf.config import ConfigError
+from rlhf.config import ConfigError, require_ints
 from rlhf.control_ppo import PPO, PPOConfig, reset
 from rlhf.harness import Job
 
@@ -96,13 +96,9 @@ class Reptile(Job):
         a = cfg.algo
         if a.meta not in META_MODES:
             raise ConfigError(f"algo.meta={a.meta!r} is not valid; valid choices: {', '.join(META_MODES)}")
-        for key in ("num_envs", "num_steps", "epochs", "minibatches", "inner_updates", "meta_batch", "conv_channels",
-                    "conv_kernel", "conv_stride", "threads"):
-            if not isinstance(a[key], int) or a[key] < 1:
-                raise ConfigError(f"algo.{key}={a[key]!r} must be a positive integer")
-        for key in ("total_steps", "checkpoint_every", "hidden"):
-            if not isinstance(a[key], int) or a[key] < 0:
-                raise ConfigError(f"algo.{key}={a[key]!r} must be an integer >= 0")
+        zero_ok = ("total_steps", "checkpoint_every", "hidden")
+        require_ints(a, ("num_envs", "num_steps", "epochs", "minibatches", "inner_updates", "meta_batch", "conv_channels",
+                         "conv_kernel", "conv_stride", "threads", *zero_ok), zero_ok=zero_ok)
         if not 0.0 < float(a.outer_lr) <= 1.0 or not 0.0 <= float(a.outer_lr_final) <= 1.0:
             raise ConfigError(f"algo.outer_lr={a.outer_lr} must lie in (0, 1] and algo.outer_lr_final="
                               f"{a.outer_lr_final} in [0, 1]")
@@ -155,10 +151,6 @@ class Reptile(Job):
 
     def log_x(self) -> int:
         return self.steps_done * self.steps_per_iteration
-
-    @property
-    def checkpoint_every(self) -> int:
-        return int(self.cfg.algo.checkpoint_every)
 
     @property
     def eval_every(self) -> int:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rlhf.config import ConfigError
+from rlhf.config import ConfigError, require_ints
 from rlhf.harness import Job
 
 log = logging.getLogger("rlhf")
@@ -166,10 +166,8 @@ class RLlibPPO(Job):
 
         mario.check_env_config(cfg.env)
         a = cfg.algo
-        for key in ("total_steps", "num_env_runners", "num_envs_per_env_runner", "train_batch_size", "minibatch_size",
-                    "num_epochs", "num_cpus", "threads", "checkpoint_every"):
-            if not isinstance(a[key], int) or a[key] < (0 if key in ("num_env_runners", "checkpoint_every") else 1):
-                raise ConfigError(f"algo.{key}={a[key]!r} must be a positive integer")
+        require_ints(a, ("total_steps", "num_env_runners", "num_envs_per_env_runner", "train_batch_size", "minibatch_size",
+                         "num_epochs", "num_cpus", "threads", "checkpoint_every"), zero_ok=("num_env_runners", "checkpoint_every"))
         if int(a.minibatch_size) > int(a.train_batch_size):
             raise ConfigError(f"algo.minibatch_size={a.minibatch_size} exceeds algo.train_batch_size={a.train_batch_size}")
         if a.address is None and int(a.num_env_runners) > int(a.num_cpus):
@@ -200,10 +198,6 @@ class RLlibPPO(Job):
 
     def log_x(self) -> int:
         return self.env_steps
-
-    @property
-    def checkpoint_every(self) -> int:
-        return int(self.cfg.algo.checkpoint_every)
 
     @property
     def eval_every(self) -> int:

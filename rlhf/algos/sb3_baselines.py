@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf.config import ConfigError
+from rlhf.config import ConfigError, require_ints
 from rlhf.harness import Job
 
 log = logging.getLogger("rlhf")
@@ -119,9 +119,7 @@ class SB3Baseline(Job):
         keys = ["total_steps", "chunk_steps", "num_envs", "threads"] + (
             ["n_steps", "batch_size", "n_epochs"] if a.name == "sb3_ppo" else
             ["buffer_size", "batch_size", "learning_starts", "train_freq", "target_update_interval"])
-        for key in keys + ["checkpoint_every"]:
-            if not isinstance(a[key], int) or a[key] < (0 if key in ("learning_starts", "checkpoint_every") else 1):
-                raise ConfigError(f"algo.{key}={a[key]!r} must be a positive integer")
+        require_ints(a, keys + ["checkpoint_every"], zero_ok=("learning_starts", "checkpoint_every"))
         unit = int(a.num_envs) * (int(a.n_steps) if a.name == "sb3_ppo" else int(a.train_freq))
         if int(a.chunk_steps) % unit:
             raise ConfigError(f"algo.chunk_steps={a.chunk_steps} must be a multiple of num_envs x "
@@ -165,10 +163,6 @@ class SB3Baseline(Job):
 
     def log_x(self) -> int:
         return int(self.model.num_timesteps)
-
-    @property
-    def checkpoint_every(self) -> int:
-        return int(self.cfg.algo.checkpoint_every)
 
     @property
     def eval_every(self) -> int:
