@@ -83,10 +83,10 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(
     return metrics
 
 
-def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict) -> dict[str, float]:
-    """Rebuild policy (from its warm start + checkpoint weights), reference and proxy RM."""
+def checkpoint_policy(cfg, checkpoint: Path, state: dict):
+    """(policy with the checkpoint's weights, its frozen warm start as reference, tokenizer,
+    warm-start directory) of an LM run's checkpoint."""
     from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
-    from rlhf.rewards import reward_model_ensemble
 
     policy_dir = Path(state["policy_dir"])
     tokenizer = load_tokenizer(checkpoint / "hf")
@@ -95,6 +95,14 @@ def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict) -> dict[str, floa
     if int(cfg.model.lora.rank) > 0:
         policy = apply_lora(policy, cfg.model.lora)
     policy.load_state_dict(torch.load(checkpoint / "policy.pt", weights_only=True))
+    return policy, ref, tokenizer, policy_dir
+
+
+def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict) -> dict[str, float]:
+    """Rebuild policy (from its warm start + checkpoint weights), reference and proxy RM."""
+    from rlhf.rewards import reward_model_ensemble
+
+    policy, ref, tokenizer, policy_dir = checkpoint_policy(cfg, checkpoint, state)
     reward_model = None
     if cfg.reward.name in ("rm", "ensemble"):
         reward_model = reward_model_ensemble(cfg, policy_dir)

@@ -308,16 +308,9 @@ def evaluate_checkpoint(cfg, checkpoint: Path, state: dict, run_dir: Path) -> di
     """`python -m rlhf.evaluate` on a games run: the generic held-out metrics (KL etc., on the
     training opponents) plus the behavioural evaluation of the checkpoint and, with
     env.eval_baseline, of its warm start."""
-    from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
-    from rlhf.evaluation import evaluate_policy
+    from rlhf.evaluation import checkpoint_policy, evaluate_policy
 
-    policy_dir = Path(state["policy_dir"])
-    tokenizer = load_tokenizer(checkpoint / "hf")
-    ref = frozen_copy(load_lm(policy_dir))
-    policy = load_lm(policy_dir)
-    if int(cfg.model.lora.rank) > 0:
-        policy = apply_lora(policy, cfg.model.lora)
-    policy.load_state_dict(torch.load(checkpoint / "policy.pt", weights_only=True))
+    policy, ref, tokenizer, policy_dir = checkpoint_policy(cfg, checkpoint, state)
     metrics = evaluate_policy(cfg, policy, ref, tokenizer)
     policies = {"policy": policy, **({"init": ref} if bool(cfg.env.get("eval_baseline", True)) else {})}
     for rival in cfg.env.get("eval_rivals", None) or []:  # other checkpoints: LLM-vs-LLM play and the tournament
