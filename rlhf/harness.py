@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,20 @@ class Job:
         return int(self.cfg.algo.get("checkpoint_every", self.cfg.train.checkpoint_every))
 
     @property
+    def keep_checkpoints(self) -> int:
+        """Most recent checkpoints kept on disk (an algorithm whose iterates are its output,
+        such as DNO's, keeps them all)."""
+        return int(self.cfg.train.keep_checkpoints)
+
+    @property
+    def threads(self) -> int | None:
+        """Torch CPU threads while the job runs: `algo.threads` where the algorithm has one
+        (small control nets, an emulator in-process: extra threads only add synchronisation);
+        None keeps the process's setting (`threads`)."""
+        n = self.cfg.algo.get("threads")
+        return int(n) if n else None
+
+    @property
     def eval_every(self) -> int:
         return int(self.cfg.eval.every)
 
@@ -98,6 +113,18 @@ class Job:
 
     def close(self) -> None:
         """Release engines, environments, workers (always called, also after an error)."""
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with n torch CPU threads and restore the caller's setting afterwards (small
+    control nets: extra threads only add synchronisation)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # --- RNG state --------------------------------------------------------------------------------------
@@ -159,7 +186,7 @@ def save(job: Job, step: int) -> Path:
         raise KeyError(f"{type(job).__name__}.state_dict() uses reserved keys {clash}")
     state.update(step=step, rng=rng_state(job.generators()), algo=str(job.cfg.algo.name),
                  config=OmegaConf.to_container(job.cfg, resolve=True))
-    path = ckpt.save_checkpoint(job.run_dir, step, state, job.modules(), int(job.cfg.train.keep_checkpoints),
+    path = ckpt.save_checkpoint(job.run_dir, step, state, job.modules(), job.keep_checkpoints,
                                 job.write_extra)
     log.info(f"[checkpoint] {path}")
     return path
@@ -194,6 +221,11 @@ def save_eval(run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
 def run(job: Job) -> dict[str, float]:
     """Drive `job` to `job.total` steps (resuming if train.resume is set); returns the last
     step's metrics merged with the final evaluation."""
+    with torch_threads(job.threads or torch.get_num_threads()):
+        return _run(job)
+
+
+def _run(job: Job) -> dict[str, float]:
     cfg = job.cfg
     try:
         step = 0

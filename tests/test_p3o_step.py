@@ -12,15 +12,14 @@ import functools
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from agents.models import build_tiny_lm, frozen_copy
-from rlhf.algos.base import torch_threads
+from rlhf.harness import torch_threads
 from rlhf.algos.p3o import P3O
 from rlhf.config import compose
 from rlhf.rollout.batch import Batch
 
-from tests.tiny import PAD, VOCAB, Vocab, TINY  # noqa: F401
+from tests.tiny import TINY, VOCAB, Vocab
 from tests.tiny import make_batch as _make_batch
 
 

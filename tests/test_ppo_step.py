@@ -13,15 +13,14 @@ import functools
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from agents.models import ValueModel, build_tiny_lm, frozen_copy, lm_forward
-from rlhf.algos.base import torch_threads
+from agents.models import ValueModel, frozen_copy, lm_forward
+from rlhf.harness import torch_threads
 from rlhf.algos.ppo import PPO
 from rlhf.config import compose
 from rlhf.rollout.batch import Batch
 
-from tests.tiny import PAD, VOCAB, make_batch, tiny_lm  # noqa: F401
+from tests.tiny import make_batch, tiny_lm
 
 
 

@@ -9,7 +9,6 @@ the same algorithm runs unchanged on any engine or launcher.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -139,15 +138,3 @@ class RunningMoments:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run a block with n torch CPU threads and restore the caller's setting afterwards (small
-    control nets: extra threads only add synchronisation)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

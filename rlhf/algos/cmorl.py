@@ -102,8 +102,6 @@ class CMORL(Job):
 
         super().__init__(cfg, run_dir)
         a = cfg.algo
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(int(a.threads))  # tiny MLPs: extra threads only add synchronisation
         self.ppo_cfg = PPOConfig.from_cfg(a)
         self.eval_env, self.envs = mo.make_env(cfg.env), mo.make_vector_env(cfg.env, self.ppo_cfg.num_envs)
         self.m = mo.num_objectives(self.eval_env)
@@ -289,7 +287,6 @@ class CMORL(Job):
 
     def close(self) -> None:
         self.envs.close()
-        torch.set_num_threads(self.threads)
 
 
 def evaluate(cfg, checkpoint_dir: Path, run_dir: Path) -> dict[str, float]:

@@ -210,8 +210,6 @@ class DNO(Job):
     def __init__(self, cfg, run_dir):
         super().__init__(cfg, run_dir)
         self.total = int(cfg.algo.iterations)
-        # every iterate stays selectable (best_iteration names one): keep all T checkpoints
-        cfg.train.keep_checkpoints = max(int(cfg.train.keep_checkpoints), self.total)
         self.env = env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env))
         self.policy_dir = warm_start_policy(cfg, self.env, log.info)
         self.tokenizer = load_tokenizer(self.policy_dir)
@@ -269,6 +267,11 @@ class DNO(Job):
     @property
     def checkpoint_every(self) -> int:
         return 1
+
+    @property
+    def keep_checkpoints(self) -> int:
+        """Every iterate stays selectable (best_iteration names one): keep all T checkpoints."""
+        return max(int(self.cfg.train.keep_checkpoints), self.total)
 
     def modules(self):
         return {"policy": self.policy}

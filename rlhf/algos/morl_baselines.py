@@ -26,7 +26,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rlhf.config import ConfigError, require_ints
 from rlhf.harness import Job
@@ -144,8 +143,6 @@ class MORLBaselines(Job):
 
         super().__init__(cfg, run_dir)
         os.environ["WANDB_MODE"] = "disabled"
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(int(cfg.algo.threads))  # PGMORL's tiny MLPs: extra threads only add synchronisation
         probe = mo.make_env(cfg.env)
         m = mo.num_objectives(probe)
         self.names, self.ref = mo.objective_names(cfg.env, m), mo.reference_point(cfg.env, m)
@@ -210,6 +207,3 @@ class MORLBaselines(Job):
     def describe(self) -> str:
         a = self.cfg.algo
         return f"morl_baselines {a.method} on {self.cfg.env.id}: {a.total_steps} env steps in {self.total} chunks"
-
-    def close(self) -> None:
-        torch.set_num_threads(self.threads)

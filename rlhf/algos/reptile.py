@@ -114,8 +114,6 @@ class Reptile(Job):
 
         super().__init__(cfg, run_dir)
         a = cfg.algo
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(int(a.threads))  # the emulator is the bottleneck
         self.ppo_cfg = PPOConfig.from_cfg(a)
         self.stages = mario.stage_list(cfg.env.stages)
         self.steps_per_iteration = int(a.meta_batch) * int(a.inner_updates) * self.ppo_cfg.steps_per_update
@@ -188,7 +186,6 @@ class Reptile(Job):
 
     def close(self) -> None:
         self.envs.close()
-        torch.set_num_threads(self.threads)
 
 
 # --- adaptation to held-out stages, and evaluation ---------------------------------------------------

@@ -179,8 +179,6 @@ class RLlibPPO(Job):
 
         super().__init__(cfg, run_dir)
         a = cfg.algo
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(int(a.threads))
         self.started = start_ray(cfg)
         register_env(ENV_NAME, rllib_env)
         self.algo = build_config(cfg).build_algo()
@@ -228,7 +226,6 @@ class RLlibPPO(Job):
         self.algo.stop()
         if self.started:
             ray.shutdown()
-        torch.set_num_threads(self.threads)
 
 
 def load_module(checkpoint_dir: Path):

@@ -136,8 +136,6 @@ class SB3Baseline(Job):
 
         super().__init__(cfg, run_dir)
         a = cfg.algo
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(int(a.threads))  # the emulator runs in this process: extra threads spin
         self.venv = DummyVecEnv([lambda: mario.make_env(cfg.env) for _ in range(int(a.num_envs))])
         self.model = algorithm_class(str(a.name))("CnnPolicy", self.venv, seed=int(cfg.seed), device="cpu", verbose=0,
                                                   **hyperparameters(cfg))
@@ -208,7 +206,6 @@ class SB3Baseline(Job):
 
     def close(self) -> None:
         self.venv.close()
-        torch.set_num_threads(self.threads)
 
 
 def evaluate(cfg, checkpoint_dir: Path, run_dir: Path) -> dict[str, float]:
