@@ -24,6 +24,8 @@ class TextEnv:
 
     name: str = "base"
     max_turns: int = 1
+    eval_temperature: float = 1.0  # evaluation's sampling temperature when eval.temperature is null
+    has_steps: bool = False  # responses are reasoning steps (an instance `splitter` delimits them)
 
     def reset(self, seed: int) -> str:
         raise NotImplementedError(f"{type(self).__name__} must implement reset(seed)")
@@ -75,6 +77,13 @@ class EnvConfigError(ValueError):
     config error and exits with status 2)."""
 
 
+def env_class(name: str) -> type:
+    _import_builtin_envs()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown env '{name}'; valid choices: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
 def make(name: str, **kwargs) -> TextEnv:
     _import_builtin_envs()
     if name not in _REGISTRY:
@@ -84,5 +93,7 @@ def make(name: str, **kwargs) -> TextEnv:
 
 def _import_builtin_envs() -> None:
     # Importing the modules runs their @register decorators.
+    import envs.code  # noqa: F401
     import envs.games  # noqa: F401
+    import envs.math  # noqa: F401
     import envs.text  # noqa: F401

@@ -165,6 +165,10 @@ def _check_combinations(cfg: DictConfig) -> None:
     if cfg.env.name == "games" and int(cfg.env.max_turns) != int(cfg.env.rounds):
         raise ConfigError(f"env=games plays one round per turn: env.max_turns ({cfg.env.max_turns}) must equal "
                           f"env.rounds ({cfg.env.rounds})")
+    needs_env = {"verifier": "math", "unit_tests": "code"}.get(str(cfg.reward.name))
+    if needs_env and cfg.env.name != needs_env:
+        raise ConfigError(f"reward={cfg.reward.name} reads the env={needs_env} reward; with env={cfg.env.name} "
+                          "use reward=gold, rm, ensemble or composite")
     objective = cfg.reward.get("objective")
     if objective in ("wco", "uwo") and int(cfg.reward.members) < 2:
         raise ConfigError(f"reward.objective={objective} combines an ensemble: reward.members must be >= 2, "

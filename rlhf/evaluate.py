@@ -13,6 +13,7 @@ config groups can be swapped too:
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -80,17 +81,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "eval_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     module = None if in_shared_loop(str(cfg.algo.name)) else algorithm_module(str(cfg.algo.name))
+    samples: list[dict] = []
     if module is None and cfg.env.name == "games":  # behavioural evaluation (rlhf.games_eval)
         from rlhf.games_eval import evaluate_checkpoint
 
         metrics = evaluate_checkpoint(cfg, checkpoint, state, run_dir)
     elif module is None:
-        metrics = evaluate_lm_checkpoint(cfg, checkpoint, state)
+        metrics = evaluate_lm_checkpoint(cfg, checkpoint, state, samples)
     elif hasattr(module, "evaluate"):
-        metrics = module.evaluate(cfg, checkpoint, run_dir)
+        takes_records = "records" in inspect.signature(module.evaluate).parameters
+        metrics = module.evaluate(cfg, checkpoint, run_dir, samples) if takes_records else module.evaluate(cfg, checkpoint, run_dir)
     else:
         raise SystemExit(f"algo={cfg.algo.name} runs have no evaluation; evaluate the runs that use them")
-    out = save_eval(run_dir, int(state["step"]), metrics)
+    out = save_eval(run_dir, int(state["step"]), metrics, samples)
     with SummaryWriter(str(run_dir)) as writer:
         for key, value in metrics.items():
             writer.add_scalar(f"eval/{key}", value, int(state["step"]))

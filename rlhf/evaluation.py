@@ -13,6 +13,7 @@ from agents.models import ValueModel, lm_forward
 from envs import base as env_base
 from envs.text.corpus import words
 from envs.base import env_settings
+from rlhf import search
 from rlhf.functional import kl_estimate, masked_sum, token_logprobs
 from rlhf.rollout.batch import collate
 from rlhf.rollout.engine import SamplingParams
@@ -30,8 +31,16 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def eval_temperature(cfg) -> float:
+    """eval.temperature, or the env's own default when it is null (greedy on math and code)."""
+    if cfg.eval.get("temperature") is not None:
+        return float(cfg.eval.temperature)
+    return float(env_base.env_class(str(cfg.env.name)).eval_temperature)
+
+
 @torch.no_grad()
-def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(), engine=None) -> dict[str, float]:
+def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(), engine=None,
+                    records: list | None = None) -> dict[str, float]:
     """Sample eval.samples_per_prompt responses for eval.prompts held-out prompts.
 
     KL(pi || ref) is the mean over samples of sum_t log pi - log ref (k1, at temperature 1
@@ -39,9 +48,11 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(
     (`processors`, e.g. value guidance) the sampling distribution is not the policy's own, so
     log pi is the engine's log-prob of what it actually sampled. The training RNG is
     untouched (forked), so evaluating never changes what training does next. `engine`: one
-    that already holds the policy's weights (the trainer's); else one from the factory."""
-    n_prompts, k = int(cfg.eval.prompts), int(cfg.eval.samples_per_prompt)
-    temperature = float(cfg.eval.temperature)
+    that already holds the policy's weights (the trainer's); else one from the factory.
+    `records`: a list that receives one row per sample (seed, prompt, response, env rewards),
+    which the harness writes to eval/samples_step_N.jsonl."""
+    temperature = eval_temperature(cfg)
+    n_prompts, k = int(cfg.eval.prompts), int(cfg.eval.samples_per_prompt) if temperature > 0 else 1
     sampling = SamplingParams(temperature=temperature, max_new_tokens=int(cfg.rollout.max_new_tokens),
                               stop_strings=tuple(cfg.rollout.stop_strings))
     if engine is None or processors:
@@ -65,6 +76,12 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(
     ref_logp = token_logprobs(lm_forward(ref, batch.input_ids, batch.attention_mask), batch.input_ids, tau)
     kl = masked_sum(kl_estimate(logp, ref_logp, "k1", clamp=1e9), batch.action_mask, dim=-1)
     texts = [" ".join(ep.action_texts) for ep in episodes]
+    if records is not None:
+        for ep, text in zip(episodes, texts):
+            rewards = {k: ep.env_reward(k) for k in ep.rewards[0]} if isinstance(ep.rewards[0], dict) else {
+                "return": ep.env_reward("return")}
+            records.append({"seed": ep.seed, "prompt": tokenizer.decode(ep.token_ids[:ep.prompt_len]),
+                            "response": text, **rewards})
     metrics = {"kl": float(kl.mean()),
                "response_length": float(batch.response_length.float().mean()),
                "eos_rate": float(batch.finished.float().mean()),
@@ -98,11 +115,15 @@ def checkpoint_policy(cfg, checkpoint: Path, state: dict):
     return policy, ref, tokenizer, policy_dir
 
 
-def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict) -> dict[str, float]:
-    """Rebuild policy (from its warm start + checkpoint weights), reference and proxy RM."""
+def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict, records: list | None = None) -> dict[str, float]:
+    """Rebuild policy (from its warm start + checkpoint weights), reference and proxy RM; with
+    decoding=value_beam, value-guided step search instead of sampling (rlhf.search)."""
     from rlhf.rewards import reward_model_ensemble
 
     policy, ref, tokenizer, policy_dir = checkpoint_policy(cfg, checkpoint, state)
+    if cfg.decoding.name == "value_beam":
+        value = load_value_model(cfg.decoding.value_model or checkpoint)
+        return evaluate_value_beam(cfg, policy, tokenizer, value, records)
     reward_model = None
     if cfg.reward.name in ("rm", "ensemble"):
         reward_model = reward_model_ensemble(cfg, policy_dir)
@@ -110,4 +131,67 @@ def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict) -> dict[str, floa
     if not processors and (checkpoint / VALUE_MODEL_DIR).is_dir():  # a VAS run: its own value model steers
         value = ValueModel.load(checkpoint / VALUE_MODEL_DIR)
         processors = [ValueGuidance([value], [float(cfg.algo.eval_beta)], int(cfg.algo.eval_top_k))]
-    return evaluate_policy(cfg, policy, ref, tokenizer, reward_model, processors)
+    return evaluate_policy(cfg, policy, ref, tokenizer, reward_model, processors, records=records)
+
+
+# --- value-guided step search (rlhf.search): `python -m rlhf.evaluate run=<run> decoding=value_beam` ------
+
+def load_value_model(path):
+    """A value model from a run dir, a checkpoint dir or a value_model dir (OREO writes one into
+    every checkpoint)."""
+    from rlhf import checkpoint as ckpt
+
+    path = Path(str(path)).expanduser()
+    if (path / "value_head.safetensors").exists():
+        return ValueModel.load(path).eval()
+    checkpoint = ckpt.resolve_resume(str(path), path)
+    if not (checkpoint / VALUE_MODEL_DIR).is_dir():
+        raise FileNotFoundError(f"{checkpoint} has no {VALUE_MODEL_DIR}/ (an OREO or VAS run's checkpoints have one); "
+                                "set decoding.value_model=<run or value_model dir>")
+    return ValueModel.load(checkpoint / VALUE_MODEL_DIR).eval()
+
+
+@torch.no_grad()
+def evaluate_value_beam(cfg, policy, tokenizer, value_model, records: list | None = None) -> dict[str, float]:
+    """Accuracy of value-guided step beam search on eval.prompts held-out problems, and (with
+    decoding.calibration_samples = k > 0) the value calibration: the Pearson correlation of
+    V(s_0) with each problem's success rate over k samples of the policy."""
+    d, name = cfg.decoding, str(cfg.env.name)
+    make_env = lambda: env_base.make(name, split="eval", **env_settings(cfg.env))  # noqa: E731
+    env = make_env()
+    if not getattr(env, "has_steps", False):
+        raise ValueError(f"decoding=value_beam searches over reasoning steps; env={name} has none (use env=math)")
+    seeds = [EVAL_SEED_OFFSET + i for i in range(int(cfg.eval.prompts))]
+    prompts = [tokenizer(env.reset(s), add_special_tokens=False)["input_ids"] for s in seeds]
+    engine = make_engine(cfg, policy, tokenizer)
+    was_training = policy.training
+    policy.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(int(cfg.seed) + EVAL_SEED_OFFSET)
+        chosen, stats = search.value_beam_search(engine, tokenizer, value_model, prompts, env.splitter, int(d.beams),
+                                          int(d.max_steps), int(d.max_step_tokens), float(d.temperature),
+                                          int(policy.config.max_position_embeddings))
+        correct = []
+        for seed, c in zip(seeds, chosen):
+            env.reset(seed)
+            text = tokenizer.decode([t for t in c.response if t != tokenizer.eos_token_id], skip_special_tokens=True)
+            reward = env.step(text)[1]
+            correct.append(float(reward["accuracy"]))
+            if records is not None:
+                records.append({"seed": seed, "prompt": tokenizer.decode(prompts[len(correct) - 1]), "response": text,
+                                "accuracy": correct[-1], "value": c.value})
+        metrics = {"accuracy": float(np.mean(correct)), "beams": float(d.beams), **stats}
+        k = int(d.get("calibration_samples", 0))
+        if k > 0:
+            v0 = search.values_of(value_model, prompts, tokenizer.pad_token_id)
+            runner = EpisodeRunner(engine, tokenizer, SamplingParams(temperature=1.0, max_new_tokens=int(cfg.rollout.max_new_tokens)))
+            episodes = runner.run([make_env() for _ in seeds for _ in range(k)], [s for s in seeds for _ in range(k)])
+            success = np.array([ep.env_reward("accuracy") for ep in episodes]).reshape(len(seeds), k).mean(1)
+            r = float(np.corrcoef(v0, success)[0, 1]) if success.std() > 0 and np.std(v0) > 0 else float("nan")
+            metrics.update({"value_calibration_r": r, "value_s0_mean": float(np.mean(v0)),
+                            "sampled_accuracy": float(success.mean())})
+            if records is not None:
+                for row, v, s in zip(records[-len(seeds):], v0, success):
+                    row.update(value_s0=v, success_rate=float(s))
+    policy.train(was_training)
+    return metrics

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from envs.games import GAMES, ExternalOpponent, GameRecord, RepeatedGameEnv, import_axelrod, strategy_class
+from rlhf.evaluation import eval_temperature
 from rlhf.rollout.engine import SamplingParams
 from rlhf.rollout.factory import make_engine
 from rlhf.rollout.runner import EpisodeRunner
@@ -90,7 +91,7 @@ def env_settings(env_cfg) -> dict:
 
 
 def sampling_for(cfg) -> SamplingParams:
-    return SamplingParams(temperature=float(cfg.eval.temperature), max_new_tokens=int(cfg.rollout.max_new_tokens),
+    return SamplingParams(temperature=eval_temperature(cfg), max_new_tokens=int(cfg.rollout.max_new_tokens),
                           stop_strings=tuple(cfg.rollout.stop_strings))
 
 

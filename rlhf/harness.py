@@ -49,6 +49,7 @@ class Job:
         self.total = int(cfg.train.steps)
         self.steps_done = 0  # set by the harness: steps finished before the current one
         self.logger: Logger | None = None  # set by the harness for extra scalars (other x-axes)
+        self.eval_samples: list[dict] = []  # rows evaluate() may add; written to eval/samples_step_N.jsonl
 
     # --- what an algorithm supplies -------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -72,7 +73,8 @@ class Job:
         return {}
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out evaluation (at the end, and every eval.every steps); {} for none."""
+        """Held-out evaluation (at the end, and every eval.every steps); {} for none. Samples
+        appended to `self.eval_samples` (one dict per response) are saved next to it."""
         return {}
 
     @property
@@ -208,12 +210,32 @@ def restore(job: Job, path: Path) -> int:
     return int(state["step"])
 
 
-def save_eval(run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
-    """eval/step_NNNNNN.json: the evaluation of the checkpoint at `step`."""
+def save_eval(run_dir: Path, step: int, metrics: dict[str, float], samples: list[dict] | None = None) -> Path:
+    """eval/step_NNNNNN.json: the evaluation of the checkpoint at `step`; with `samples`, also
+    eval/samples_step_NNNNNN.jsonl, one evaluated response per line (to read, or to compare
+    runs problem by problem)."""
     out = Path(run_dir) / "eval" / f"step_{step:06d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"step": step, **metrics}, indent=2, sort_keys=True))
+    if samples:
+        save_samples(run_dir, step, samples)
     return out
+
+
+def save_samples(run_dir: Path, step: int, samples: list[dict]) -> Path:
+    out = Path(run_dir) / "eval" / f"samples_step_{step:06d}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row) + "\n" for row in samples))
+    return out
+
+
+def evaluate_job(job: Job, step: int) -> dict[str, float]:
+    """job.evaluate(), with the samples it records written to eval/samples_step_N.jsonl."""
+    job.eval_samples = []
+    metrics = job.evaluate()
+    if job.eval_samples:
+        save_samples(job.run_dir, step, job.eval_samples)
+    return metrics
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -243,7 +265,7 @@ def _run(job: Job) -> dict[str, float]:
         try:
             every = job.eval_every
             if every and step == 0:  # the reference point every curve starts from
-                logger.scalars("eval/", job.evaluate(), 0)
+                logger.scalars("eval/", evaluate_job(job, 0), 0)
             while step < stop_at:
                 job.steps_done = step
                 metrics = job.step()
@@ -251,14 +273,14 @@ def _run(job: Job) -> dict[str, float]:
                 job.steps_done = step
                 logger.log(step, metrics, x=job.log_x())
                 if every and step % every == 0 and step < job.total:
-                    logger.scalars("eval/", job.evaluate(), job.log_x())
+                    logger.scalars("eval/", evaluate_job(job, step), job.log_x())
                 if step == stop_at or (job.checkpoint_every and step % job.checkpoint_every == 0):
                     save(job, step)
             if step < job.total:
                 log.info(f"[train] paused after {job.unit} {step}/{job.total} (train.stop_after={stop_after}); "
                          f"continue with train.resume=true hydra.run.dir={job.run_dir}")
                 return metrics
-            final = job.evaluate()
+            final = evaluate_job(job, step)
             if final:
                 logger.scalars("eval/", final, job.log_x())
                 save_eval(job.run_dir, step, final)

@@ -3,7 +3,8 @@
 A source turns finished episodes into the optimization reward of each turn, placed on the
 turn's last generated token (`[B, L]`, zeros elsewhere), plus metrics to log.
 
-* `gold`: a named component of the environment's own reward (the gold scorer on env=text).
+* `gold` / `verifier` / `unit_tests`: a named component of the environment's own reward (the
+  gold scorer on env=text, the answer verifier on env=math, the unit tests on env=code).
 * `rm` / `ensemble`: k >= 1 proxy reward models (rlhf.reward_models) scoring each whole
   episode's token ids, each normalized so that SFT samples have mean 0 and std 1
   (reward.normalize), combined by reward.objective (mean | wco | uwo, Coste et al.). A
@@ -25,6 +26,7 @@ from rlhf.rollout.batch import Batch
 from rlhf.rollout.runner import Episode
 
 log = logging.getLogger("rlhf")
+ENV_REWARDS = ("gold", "verifier", "unit_tests")  # reward groups that read a component of the env's reward
 
 
 def place_on_last_turn(episodes: list[Episode], batch: Batch, scores: torch.Tensor) -> torch.Tensor:
@@ -92,7 +94,7 @@ class EnsembleReward:
 def build_reward_source(cfg, policy_dir: Path, vector: bool = False):
     """(reward source, a reward model or None) for the `reward` config group; `vector`:
     the algorithm wants one reward column per component (composite reward only)."""
-    if cfg.reward.name == "gold":
+    if cfg.reward.name in ENV_REWARDS:
         return GoldReward(str(cfg.reward.component)), None
     if cfg.reward.name == "composite":
         return CompositeReward(cfg.reward, vector=vector), None

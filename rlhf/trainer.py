@@ -155,7 +155,8 @@ class Trainer(Job):
         reward_model = self.reward.ensemble if isinstance(self.reward, EnsembleReward) else None
         processors = self.algo.eval_processors() or decoding_processors(self.cfg.decoding)
         engine = getattr(self.rollout, "engine", None)  # launcher=local: the engine that holds the policy's weights
-        return evaluate_policy(self.cfg, self.policy, self.ref, self.tokenizer, reward_model, processors, engine)
+        return evaluate_policy(self.cfg, self.policy, self.ref, self.tokenizer, reward_model, processors, engine,
+                               records=self.eval_samples)
 
     # --- checkpoints (written and read by the harness) -----------------------------------------
     def modules(self):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -84,6 +85,14 @@ def sft_train(model, tokenizer, pairs: list[tuple[str, str]], sft_cfg, seed: int
     return {"sft/loss": loss_value, "sft/steps": step}
 
 
+def sft_settings(cfg):
+    """model.sft with the env's own SFT budget on top (`env.sft`, where an env sets one: the
+    arithmetic chains of env=math need ~4x the steps of the review task before a tiny model
+    learns to copy operands, measured)."""
+    env_sft = cfg.env.get("sft")
+    return OmegaConf.merge(cfg.model.sft, env_sft) if env_sft else cfg.model.sft
+
+
 def warm_start_policy(cfg, env, log=print) -> Path:
     """Directory of the policy every run starts from (and the frozen reference)."""
     if cfg.model.path:
@@ -91,17 +100,18 @@ def warm_start_policy(cfg, env, log=print) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"model.path={path} does not exist or is not a directory")
         return path
-    spec = {"model": cfg.model, "env": env.fingerprint(), "seed": int(cfg.model.sft.seed),
+    sft = sft_settings(cfg)
+    spec = {"model": OmegaConf.merge(cfg.model, {"sft": sft}), "env": env.fingerprint(), "seed": int(sft.seed),
             "sources": source_digest(["rlhf.warmstart", "agents.models", "envs.text", "envs.base"])}
 
     def build(out: Path) -> None:
-        torch.manual_seed(int(cfg.model.sft.seed))
+        torch.manual_seed(int(sft.seed))
         tok_cfg = cfg.model.tokenizer
         tokenizer = train_tokenizer(env.corpus(int(tok_cfg.corpus_size), seed=1),
                                     int(tok_cfg.vocab_size))
         model = build_tiny_lm(cfg.model, tokenizer)
-        pairs = env.demonstrations(int(cfg.model.sft.demonstrations), seed=int(cfg.model.sft.seed))
-        sft_train(model, tokenizer, pairs, cfg.model.sft, int(cfg.model.sft.seed), log)
+        pairs = env.demonstrations(int(sft.demonstrations), seed=int(sft.seed))
+        sft_train(model, tokenizer, pairs, sft, int(sft.seed), log)
         save_lm(model, tokenizer, out)
 
     return cached(cfg.cache_dir, "sft", spec, build, log)

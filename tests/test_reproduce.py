@@ -126,3 +126,24 @@ def test_quick_vas_claim_reports_logged_numbers(tmp_path):
         assert float(row.strip("|").split("|")[1]) == pytest.approx(logged["eval/gold"][-1][1], abs=5e-4)
     # beta = 0 decodes the base policy exactly: the guided and plain KL to the base is ~0
     assert abs(read_scalars(runs["beta0.0"])["eval/kl"][-1][1]) < 0.05
+
+
+@pytest.mark.slow
+def test_quick_oreo_claim_reports_intervals_from_per_problem_samples(tmp_path):
+    from rlhf.reproduce.claims.oreo_reasoning import outcomes, samples
+
+    out = tmp_path / "oreo"
+    result = reproduce("oreo_reasoning", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED|INCONCLUSIVE): .+ measured: OREO - RFT", report)
+    assert "95% CI" in report
+    for png in ("accuracy_per_method.png", "accuracy_vs_beams.png", "calibration.png"):
+        assert (out / png).stat().st_size > 1000
+    runs = {r["name"]: Path(r["run_dir"]) for r in json.loads((out / "results.json").read_text())["runs"]}
+    # the table's OREO accuracy is the mean of the run's own per-problem samples, which match its logged eval
+    oreo = outcomes(samples(runs["oreo-s0"]))
+    assert oreo.mean() == pytest.approx(read_scalars(runs["oreo-s0"])["eval/accuracy"][-1][1], abs=1e-6)
+    row = next(line for line in report.splitlines() if line.startswith("| OREO |"))
+    assert float(row.strip("|").split("|")[1]) == pytest.approx(oreo.mean(), abs=5e-4)
+    assert json.loads((out / "results.json").read_text())["outcome"] in ("REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE")

@@ -18,6 +18,7 @@ from tests.conftest import SMALL, compose_cfg, read_scalars
 VOLATILE = ("timing_s/", "perf/", "time/", "rollout/sync_logp_diff_max")
 
 LM = SMALL + ["train.log_every=1", "eval.prompts=4", "eval.samples_per_prompt=1", "train.prompts_per_step=4"]
+MATH = ["env=math", "reward=verifier", *[o for o in LM if not o.startswith("env.")]]
 # algo -> (overrides, pause after N steps); the total comes from each algorithm's own settings
 CASES: dict[str, tuple[list[str], int]] = {
     "ppo": (["algo=ppo", "train.steps=4", *LM], 2),
@@ -33,6 +34,11 @@ CASES: dict[str, tuple[list[str], int]] = {
              "algo.batch_size=8", "algo.lr=1e-3", *LM], 3),
     "dno": (["algo=dno", "algo.iterations=2", "algo.prompts_per_iteration=4", "algo.eval_prompts=2",
              "algo.eval_samples=2", "algo.lr=1e-3", *SMALL, "rollout.max_new_tokens=12"], 1),
+    # 2 rounds x 4 updates; paused inside round 2, whose fresh samples of the policy come from the checkpoint
+    "oreo": (["algo=oreo", "algo.prompts=8", "algo.responses_per_prompt=4", "algo.batch_size=8", "algo.epochs=1",
+              "algo.rounds=2", *MATH], 5),
+    "rft": (["algo=rft", "algo.prompts=8", "algo.responses_per_prompt=4", "algo.batch_size=8", "algo.epochs=1",
+             "algo.rounds=2", "algo.accept_threshold=0", *MATH], 5),
     # 8 chunks of one update: 2 weights x 2 in Stage 1, 4 extensions; paused inside a Stage 2 round
     "cmorl": (["algo=cmorl", "env=mo", "algo.num_envs=2", "algo.num_steps=16", "algo.minibatches=2", "algo.epochs=2",
                "algo.weight_delta=1", "algo.update_iter=1", "algo.init_steps=128", "algo.total_steps=256",

@@ -28,6 +28,8 @@ ALGORITHMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bon": ("rlhf.algos.bon:BestOfN", ("text",)),
     "dpo": ("rlhf.algos.dpo:DPO", ("text",)),
     "dno": ("rlhf.algos.dno:DNO", ("text",)),
+    "oreo": ("rlhf.algos.oreo:OREO", ("text",)),
+    "rft": ("rlhf.algos.rft:RFT", ("text",)),
     "cmorl": ("rlhf.algos.cmorl:CMORL", ("control",)),
     "morl_baselines": ("rlhf.algos.morl_baselines:MORLBaselines", ("control",)),
     "reptile": ("rlhf.algos.reptile:Reptile", ("mario",)),

@@ -29,7 +29,6 @@ evaluation (gold, KL to the SFT policy) at the end.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -40,44 +39,19 @@ from agents.models import frozen_copy, load_lm, load_tokenizer, save_lm
 from envs import base as env_base
 from envs.base import env_settings
 from rlhf import checkpoint as ckpt
-from rlhf.cache import cached, source_digest
 from rlhf.config import ConfigError
 from rlhf.evaluation import evaluate_lm_checkpoint, evaluate_policy
 from rlhf.harness import Job
 from rlhf.preference import data as prefs
 from rlhf.preference.losses import NEEDS_NO_REFERENCE
 from rlhf.preference.train import beta_of, make_adam, reference_logps, train_lists, train_pairs
-from rlhf.rollout.engine import SamplingParams
-from rlhf.rollout.factory import make_engine
-from rlhf.rollout.runner import EpisodeRunner
+from rlhf.samples import scored_lists
 from rlhf.warmstart import warm_start_policy
 
 log = logging.getLogger("rlhf")
 
 
 # --- data ---------------------------------------------------------------------------------------
-
-def env_lists(cfg, policy_dir: Path) -> list[prefs.RankedList]:
-    """K gold-scored samples per train prompt from the SFT policy (cached)."""
-    k, n_prompts = int(cfg.algo.responses_per_prompt), int(cfg.algo.prompts)
-    spec = {"env": {"name": cfg.env.name, **env_settings(cfg.env)}, "policy": str(Path(policy_dir).resolve()),
-            "k": k, "prompts": n_prompts, "seed": int(cfg.algo.data_seed), "engine": str(cfg.rollout.name),
-            "sampling": {key: cfg.rollout[key] for key in ("temperature", "top_p", "top_k", "max_new_tokens")},
-            "sources": source_digest(["rlhf.preference.data", "envs.text", "rlhf.rollout.engine", "rlhf.rollout.runner"])}
-
-    def build(out: Path) -> None:
-        tokenizer, policy = load_tokenizer(policy_dir), load_lm(policy_dir).eval()
-        runner = EpisodeRunner(make_engine(cfg, policy, tokenizer, model_dir=str(policy_dir)), tokenizer,
-                               SamplingParams.from_config(cfg.rollout), max_turns=int(cfg.env.max_turns))
-        torch.manual_seed(int(cfg.algo.data_seed))
-        seeds = [int(cfg.algo.data_seed) * 1_000_003 + i for i in range(n_prompts)]
-        lists = prefs.sample_lists(runner, lambda: env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env)),
-                                   seeds, k, lambda ep: ep.env_reward("gold"), log.info)
-        (out / "lists.json").write_text(json.dumps(prefs.to_json(lists)))
-
-    path = cached(cfg.cache_dir, "pref_lists", spec, build, log.info) / "lists.json"
-    return prefs.from_json(json.loads(path.read_text()))
-
 
 def stages_of(cfg, lists) -> list[list]:
     """What each stage trains on: pairs (or lists, for LiPO)."""
@@ -118,11 +92,14 @@ class DPO(Job):
         env = env_base.make(str(cfg.env.name), split="train", **env_settings(cfg.env))
         self.policy_dir = warm_start_policy(cfg, env, log.info)
         self.tokenizer = load_tokenizer(self.policy_dir)
-        lists = prefs.load_jsonl(cfg.algo.data, self.tokenizer) if cfg.algo.data else env_lists(cfg, self.policy_dir)
+        lists = prefs.load_jsonl(cfg.algo.data, self.tokenizer) if cfg.algo.data else scored_lists(cfg, self.policy_dir)
         self.stages = stages_of(cfg, lists)
         log.info(f"[dpo] loss={cfg.algo.loss} beta={beta_of(cfg.algo)} curriculum={cfg.algo.curriculum}: "
                  f"{len(lists)} lists -> stages of {[len(s) for s in self.stages]} "
                  f"{'lists' if cfg.algo.loss == 'lipo' else 'pairs'}")
+        if any(len(stage) == 0 for stage in self.stages):
+            log.warning("[dpo] a stage has no pairs (every response of every prompt scored the same): its epochs "
+                        "make no update; raise algo.responses_per_prompt or algo.prompts")
         torch.manual_seed(int(cfg.seed))  # the same start whether or not the data was cached
         self.policy = load_lm(self.policy_dir)
         self.sft = frozen_copy(self.policy)
@@ -173,7 +150,7 @@ class DPO(Job):
         self.resumed = False
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_policy(self.cfg, self.policy, self.sft, self.tokenizer)
+        return evaluate_policy(self.cfg, self.policy, self.sft, self.tokenizer, records=self.eval_samples)
 
     @property
     def checkpoint_every(self) -> int:
@@ -200,7 +177,7 @@ class DPO(Job):
                 f"{self.epochs} epochs")
 
 
-def evaluate(cfg, checkpoint: Path, run_dir: Path) -> dict[str, float]:
+def evaluate(cfg, checkpoint: Path, run_dir: Path, records: list | None = None) -> dict[str, float]:
     """`python -m rlhf.evaluate run=<dpo run>`: gold, KL to the SFT policy, length, distinct-n."""
     state, _ = ckpt.load_checkpoint(checkpoint)
-    return evaluate_lm_checkpoint(cfg, checkpoint, state)
+    return evaluate_lm_checkpoint(cfg, checkpoint, state, records)

@@ -53,7 +53,7 @@ def response_logps(model, prompts, responses, pad_id: int, with_logits: bool = F
 @torch.no_grad()
 def reference_logps(ref, pairs: list[prefs.Pair], pad_id: int, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference log-probs of every pair's chosen and rejected response, computed once."""
-    chosen, rejected = [], []
+    chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
     for begin in range(0, len(pairs), chunk):
         part = pairs[begin:begin + chunk]
         prompts = [p.prompt_ids for p in part]

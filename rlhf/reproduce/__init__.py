@@ -8,7 +8,8 @@ Runs go through the ordinary training entry point (rlhf.train.run), so the warm 
 TensorBoard and rlhf.evaluate understand.
 
 Output (one directory per claim): plots (PNG), report.md with tables and the verdict line
-`REPRODUCED` / `NOT REPRODUCED` (criterion and measured values), results.json.
+`REPRODUCED` / `NOT REPRODUCED` / `INCONCLUSIVE` (criterion, effects with 95% intervals:
+rlhf.reproduce.stats), results.json.
 """
 from __future__ import annotations
 
@@ -52,10 +53,16 @@ class Verdict:
     reproduced: bool
     criterion: str  # what was tested, in words, with its threshold
     measured: str  # the measured values the decision used
+    # REPRODUCED / NOT REPRODUCED / INCONCLUSIVE (rlhf.reproduce.stats); "" = from `reproduced`
+    # (claims that still decide by a threshold without an interval)
+    outcome: str = ""
+
+    @property
+    def word(self) -> str:
+        return self.outcome or ("REPRODUCED" if self.reproduced else "NOT REPRODUCED")
 
     def line(self) -> str:
-        word = "REPRODUCED" if self.reproduced else "NOT REPRODUCED"
-        return f"{word}: {self.criterion} — measured: {self.measured}"
+        return f"{self.word}: {self.criterion} — measured: {self.measured}"
 
 
 @dataclass
@@ -183,7 +190,8 @@ def run_claim(name: str, quick: bool, out: Path) -> Verdict:
         f"Every number above was read from the runs' TensorBoard logs under `runs/`.", ""])
     (out / "report.md").write_text(report)
     (out / "results.json").write_text(json.dumps({
-        "claim": claim.name, "quick": quick, "verdict": verdict.line(), "reproduced": verdict.reproduced,
+        "claim": claim.name, "quick": quick, "verdict": verdict.line(), "outcome": verdict.word,
+        "reproduced": verdict.reproduced,
         "runs": [{"name": r.spec.name, "arm": r.spec.arm, "params": r.spec.params, "run_dir": str(r.run_dir),
                   "seconds": r.seconds} for r in results]}, indent=2))
     log.info(f"[reproduce] {verdict.line()}")

@@ -114,3 +114,32 @@ def pareto_front(points: dict[str, Curve], xlabel: str, ylabel: str, path: Path,
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def bars(values: dict[str, tuple[float, float, float]], ylabel: str, path: Path, title: str = "") -> Path:
+    """One bar per arm (in the given order) with its 95% interval: {arm: (estimate, low, high)}."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = list(values)
+    est = np.array([values[n][0] for n in names])
+    err = np.array([[est[i] - values[n][1] for i, n in enumerate(names)],
+                    [values[n][2] - est[i] for i, n in enumerate(names)]])
+    ax.bar(names, est, yerr=err, capsize=6, color=[_colors(names)[n] for n in names], alpha=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def scatter(points: dict[str, Curve], xlabel: str, ylabel: str, path: Path, title: str = "") -> Path:
+    """Points per arm, no lines (e.g. a value estimate against the measured success rate)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = _colors(list(points))
+    for arm, pts in sorted(points.items()):
+        xs, ys = zip(*pts)
+        ax.scatter(xs, ys, color=colors[arm], alpha=0.5, s=14, label=arm)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
