@@ -31,7 +31,7 @@ class RFT(OfflineRounds):
         logp = token_logprobs(lm_forward(self.policy, batch.input_ids, batch.attention_mask), batch.input_ids)
         loss = -masked_mean(logp, batch.action_mask)
         norm = optimizer_step(self.optimizer, loss, float(self.cfg.algo.max_grad_norm))
-        return {"rft/nll": float(loss), "rft/grad_norm": norm}
+        return {"rft/nll": float(loss.detach()), "rft/grad_norm": norm}
 
     def optimizers(self):
         return {"policy": self.optimizer}
