@@ -91,6 +91,6 @@ def value_beam_search(engine: Engine, tokenizer, value_model, prompts: list[list
     chosen = [max(pool, key=lambda c: (c.value, c.logp)) if pool else Candidate([], 0.0) for pool in pools]
     stats = {"search/tokens_generated": float(generated), "search/candidates": float(expanded),
              "search/candidates_per_problem": expanded / max(len(prompts), 1),
-             "search/seconds": time.time() - start}
+             "timing_s/search": time.time() - start}
     return chosen, stats
 

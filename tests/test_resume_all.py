@@ -23,6 +23,7 @@ MATH = ["env=math", "reward=verifier", *[o for o in LM if not o.startswith("env.
 CASES: dict[str, tuple[list[str], int]] = {
     "ppo": (["algo=ppo", "train.steps=4", *LM], 2),
     "p3o": (["algo=p3o", "train.steps=4", *LM], 2),
+    "grpo": (["algo=grpo", "train.steps=4", *MATH], 2),
     "vas": (["algo=vas", "reward=gold", "train.steps=4", *LM], 2),
     "constrained_ppo": (["algo=constrained_ppo", "reward=composite", "algo.thresholds=[0.1,0.2]", "train.steps=4",
                          *LM], 2),
@@ -37,6 +38,9 @@ CASES: dict[str, tuple[list[str], int]] = {
     # 2 rounds x 4 updates; paused inside round 2, whose fresh samples of the policy come from the checkpoint
     "oreo": (["algo=oreo", "algo.prompts=8", "algo.responses_per_prompt=4", "algo.batch_size=8", "algo.epochs=1",
               "algo.rounds=2", *MATH], 5),
+    # 2 iterations of tiny trees; paused after the first (its optimizer state comes from the checkpoint)
+    "mcts_dpo": (["algo=mcts_dpo", "algo.iterations=2", "algo.problems=4", "algo.n_iters=2", "algo.filter=false",
+                  *MATH], 1),
     "rft": (["algo=rft", "algo.prompts=8", "algo.responses_per_prompt=4", "algo.batch_size=8", "algo.epochs=1",
              "algo.rounds=2", "algo.accept_threshold=0", *MATH], 5),
     # 8 chunks of one update: 2 weights x 2 in Stage 1, 4 extensions; paused inside a Stage 2 round

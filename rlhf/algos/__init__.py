@@ -22,6 +22,7 @@ from types import ModuleType
 ALGORITHMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ppo": ("rlhf.algos.ppo:PPO", ("text",)),
     "p3o": ("rlhf.algos.p3o:P3O", ("text",)),
+    "grpo": ("rlhf.algos.grpo:GRPO", ("text",)),
     "vas": ("rlhf.algos.vas:VAS", ("text",)),
     "constrained_ppo": ("rlhf.algos.constrained_ppo:ConstrainedPPO", ("text",)),
     "rm": ("rlhf.algos.rm:RewardModels", ("text",)),
@@ -30,6 +31,7 @@ ALGORITHMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dno": ("rlhf.algos.dno:DNO", ("text",)),
     "oreo": ("rlhf.algos.oreo:OREO", ("text",)),
     "rft": ("rlhf.algos.rft:RFT", ("text",)),
+    "mcts_dpo": ("rlhf.algos.mcts_dpo:MCTSDPO", ("text",)),
     "cmorl": ("rlhf.algos.cmorl:CMORL", ("control",)),
     "morl_baselines": ("rlhf.algos.morl_baselines:MORLBaselines", ("control",)),
     "reptile": ("rlhf.algos.reptile:Reptile", ("mario",)),
