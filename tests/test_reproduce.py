@@ -147,3 +147,15 @@ def test_quick_oreo_claim_reports_intervals_from_per_problem_samples(tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| OREO |"))
     assert float(row.strip("|").split("|")[1]) == pytest.approx(oreo.mean(), abs=5e-4)
     assert json.loads((out / "results.json").read_text())["outcome"] in ("REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE")
+
+
+@pytest.mark.slow
+def test_quick_mcts_dpo_claim_reports_intervals(tmp_path):
+    out = tmp_path / "mcts"
+    result = reproduce("mcts_dpo", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED|INCONCLUSIVE): .+ measured: MCTS-DPO after", report)
+    assert "C = 0 ablation" in report and "95% CI" in report and "nan" not in report
+    for png in ("accuracy_vs_iteration.png", "accuracy_per_method.png"):
+        assert (out / png).stat().st_size > 1000

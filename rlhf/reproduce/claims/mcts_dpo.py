@@ -68,7 +68,8 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
     effects = [paired_effect("MCTS-DPO after the last iteration - SFT", final["mcts"], sft, claimed=0.10),
                paired_effect("MCTS-DPO - instance-level DPO", final["mcts"], final["instance"]),
                paired_effect("MCTS-DPO - offline MCTS-DPO", final["mcts"], final["offline"])]
-    ablation = paired_effect("C = 0 ablation - MCTS-DPO (reported only)", final["c0"], final["mcts"])
+    ablation = paired_effect("MCTS-DPO - its C = 0 ablation (what self-evaluation adds; reported, not in the verdict)",
+                             final["mcts"], final["c0"])
     outcome = combine([e.outcome for e in effects])
 
     curves = {LABELS[arm]: [[(x, v) for x, v in runs[f"{arm}-s{s}"].scalars["eval/accuracy"]] for s in seeds]
@@ -83,9 +84,9 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
     bars({"SFT": interval(sft), **{LABELS[a]: interval(final[a]) for a in ARMS}}, "greedy accuracy after the last iteration",
          out / "accuracy_per_method.png", "Final greedy accuracy (95% intervals over problems)")
 
-    def mean_scalar(arm, tag):
+    def mean_scalar(arm, tag, digits=1):
         vals = [v for s in seeds for _, v in runs[f"{arm}-s{s}"].scalars.get(tag, [])]
-        return float(np.mean(vals)) if vals else float("nan")
+        return f"{np.mean(vals):.{digits}f}" if vals else "—"
 
     rows = ["| method | accuracy per iteration (mean of seeds) | final, per seed | generated tokens per problem | pairs per iteration | tree acceptance |",
             "|---|---|---|---|---|---|"]
@@ -93,8 +94,8 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
     for arm in ARMS:
         per_iter = np.mean([[v for _, v in runs[f"{arm}-s{s}"].scalars["eval/accuracy"]] for s in seeds], 0)
         rows.append(f"| {LABELS[arm]} | {' → '.join(f'{x:.3f}' for x in per_iter)} | "
-                    f"{', '.join(f'{x:.3f}' for x in final[arm].mean(1))} | {mean_scalar(arm, 'data/tokens_per_problem'):.1f} | "
-                    f"{mean_scalar(arm, 'dpo/pairs'):.1f} | {mean_scalar(arm, 'mcts/acceptance_rate'):.2f} |")
+                    f"{', '.join(f'{x:.3f}' for x in final[arm].mean(1))} | {mean_scalar(arm, 'data/tokens_per_problem')} | "
+                    f"{mean_scalar(arm, 'dpo/pairs')} | {mean_scalar(arm, 'mcts/acceptance_rate', 2)} |")
     verdict = Verdict(
         reproduced=outcome == "REPRODUCED", outcome=outcome,
         criterion="greedy accuracy after the last iteration - SFT > 0.10; MCTS-DPO > instance-level DPO (at >= its "
