@@ -75,13 +75,13 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(
         logp = token_logprobs(lm_forward(policy, batch.input_ids, batch.attention_mask), batch.input_ids, tau)
     ref_logp = token_logprobs(lm_forward(ref, batch.input_ids, batch.attention_mask), batch.input_ids, tau)
     kl = masked_sum(kl_estimate(logp, ref_logp, "k1", clamp=1e9), batch.action_mask, dim=-1)
-    texts = [" ".join(ep.action_texts) for ep in episodes]
     if records is not None:
-        for ep, text in zip(episodes, texts):
+        for i, (ep, text) in enumerate(zip(episodes, texts)):
             rewards = {k: ep.env_reward(k) for k in ep.rewards[0]} if isinstance(ep.rewards[0], dict) else {
                 "return": ep.env_reward("return")}
             records.append({"seed": ep.seed, "prompt": tokenizer.decode(ep.token_ids[:ep.prompt_len]),
-                            "response": text, **rewards})
+                            "response": text, "turns": ep.action_texts, **rewards, "kl": float(kl[i])})
+    texts = [" ".join(ep.action_texts) for ep in episodes]
     metrics = {"kl": float(kl.mean()),
                "response_length": float(batch.response_length.float().mean()),
                "eos_rate": float(batch.finished.float().mean()),
@@ -131,7 +131,12 @@ def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict, records: list | N
     if not processors and (checkpoint / VALUE_MODEL_DIR).is_dir():  # a VAS run: its own value model steers
         value = ValueModel.load(checkpoint / VALUE_MODEL_DIR)
         processors = [ValueGuidance([value], [float(cfg.algo.eval_beta)], int(cfg.algo.eval_top_k))]
-    return evaluate_policy(cfg, policy, ref, tokenizer, reward_model, processors, records=records)
+    metrics = evaluate_policy(cfg, policy, ref, tokenizer, reward_model, processors, records=records)
+    if cfg.env.name == "code":  # unbiased pass@k of eval.samples_per_prompt programs at rollout.temperature
+        from rlhf.code_eval import sampled_eval
+        metrics.update(sampled_eval(cfg, policy, tokenizer, int(cfg.eval.samples_per_prompt),
+                                    float(cfg.rollout.temperature) or 1.0, EVAL_SEED_OFFSET, records=records))
+    return metrics
 
 
 # --- value-guided step search (rlhf.search): `python -m rlhf.evaluate run=<run> decoding=value_beam` ------

@@ -235,7 +235,19 @@ def evaluate_job(job: Job, step: int) -> dict[str, float]:
     metrics = job.evaluate()
     if job.eval_samples:
         save_samples(job.run_dir, step, job.eval_samples)
+        if job.logger is not None:  # TensorBoard's text tab: the first few samples
+            job.logger.text("eval/samples", samples_table(job.eval_samples[:8]), job.log_x())
     return metrics
+
+
+def samples_table(rows: list[dict]) -> str:
+    """A markdown table of evaluated samples: prompt, response and every numeric score."""
+    scores = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and k != "seed"]
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ⏎ ")[:300]  # noqa: E731
+    lines = ["| prompt | response | " + " | ".join(scores) + " |", "|---" * (2 + len(scores)) + "|"]
+    lines += [f"| {cell(r.get('prompt', ''))} | {cell(r.get('response', ''))} | "
+              + " | ".join(f"{r[k]:.3g}" for k in scores) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 # --- the loop ---------------------------------------------------------------------------------------

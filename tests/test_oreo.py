@@ -126,7 +126,9 @@ def test_oreo_run_logs_saves_its_value_model_and_searches_with_it(train_run):
     checkpoint = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
     assert (checkpoint / "value_model" / "value_head.safetensors").exists()
     rows = [json.loads(line) for line in (run_dir / "eval" / "samples_step_000004.jsonl").read_text().splitlines()]
-    assert len(rows) == 8 and {"seed", "prompt", "response", "accuracy"} <= set(rows[0])
+    assert len(rows) == 8 and {"seed", "prompt", "response", "accuracy", "kl"} <= set(rows[0])
+    for metric in ("accuracy", "kl"):  # the samples file recomputes the logged evaluation
+        assert sum(r[metric] for r in rows) / len(rows) == pytest.approx(scalars[f"eval/{metric}"][-1][1], abs=1e-5)
     out = Path(run_dir).parent / "beam"
     result = subprocess.run([sys.executable, "-m", "rlhf.evaluate", f"run={run_dir}", f"out={out}",
                              "decoding=value_beam", "decoding.beams=2", "decoding.calibration_samples=2"],

@@ -143,3 +143,21 @@ def scatter(points: dict[str, Curve], xlabel: str, ylabel: str, path: Path, titl
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def grouped_bars(values: dict[str, dict[str, float]], metrics: list[str], path: Path, title: str = "") -> Path:
+    """One group per metric, one bar per run (a run missing a metric leaves a gap)."""
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(metrics) * max(1, len(values)) / 2), 4.2))
+    runs = list(values)
+    width = 0.8 / max(len(runs), 1)
+    colors = _colors(runs)
+    for i, run in enumerate(runs):
+        xs = [j + i * width for j, m in enumerate(metrics) if m in values[run]]
+        ys = [values[run][m] for m in metrics if m in values[run]]
+        ax.bar(xs, ys, width, label=run, color=colors[run])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
+    ax.set_xticklabels(metrics, rotation=30, ha="right")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
