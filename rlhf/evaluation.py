@@ -75,13 +75,13 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(
         logp = token_logprobs(lm_forward(policy, batch.input_ids, batch.attention_mask), batch.input_ids, tau)
     ref_logp = token_logprobs(lm_forward(ref, batch.input_ids, batch.attention_mask), batch.input_ids, tau)
     kl = masked_sum(kl_estimate(logp, ref_logp, "k1", clamp=1e9), batch.action_mask, dim=-1)
+    texts = [" ".join(ep.action_texts) for ep in episodes]
     if records is not None:
         for i, (ep, text) in enumerate(zip(episodes, texts)):
             rewards = {k: ep.env_reward(k) for k in ep.rewards[0]} if isinstance(ep.rewards[0], dict) else {
                 "return": ep.env_reward("return")}
             records.append({"seed": ep.seed, "prompt": tokenizer.decode(ep.token_ids[:ep.prompt_len]),
                             "response": text, "turns": ep.action_texts, **rewards, "kl": float(kl[i])})
-    texts = [" ".join(ep.action_texts) for ep in episodes]
     metrics = {"kl": float(kl.mean()),
                "response_length": float(batch.response_length.float().mean()),
                "eos_rate": float(batch.finished.float().mean()),
