@@ -17,11 +17,59 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf.config import CONFIG_DIR, CONFIG_ERRORS, compose, validate
 
 log = logging.getLogger("rlhf")
+# what a resumed run cannot change: its weights, data and scores depend on them
+FROZEN = ("algo.name", "env.", "model.", "reward.", "seed")
+PER_INVOCATION = ("train.resume", "train.stop_after")  # settings of this invocation, not of the run
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def flat(cfg) -> dict[str, object]:
+    out = {}
+    for key, value in OmegaConf.to_container(cfg, resolve=True).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flat(OmegaConf.create(value)).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -> DictConfig:
+    """The config a resume continues with: the checkpoint's own, plus only the settings given on
+    this command line (`overrides`; None = `cfg` is the whole intended config, as in-process
+    callers pass it). Each difference is printed; one that cannot change mid-run is an error."""
+    import torch
+
+    from rlhf import checkpoint as ckpt
+    from rlhf.config import GROUPS, ConfigError
+
+    checkpoint = ckpt.resolve_resume(cfg.train.resume, run_dir)  # no checkpoint: an error naming run_dir
+    saved = OmegaConf.create(torch.load(checkpoint / ckpt.STATE, weights_only=False)["config"])
+    if overrides is None:
+        new = cfg.copy()
+    else:
+        new = saved.copy()
+        for override in overrides:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key in GROUPS:  # a swapped config group: take it as composed
+                new[key] = cfg[key]
+            elif key not in PER_INVOCATION:
+                OmegaConf.update(new, key, OmegaConf.select(cfg, key), force_add=True)
+    for key in PER_INVOCATION:
+        OmegaConf.update(new, key, OmegaConf.select(cfg, key), force_add=True)
+    before, after = flat(saved), flat(new)
+    for key in sorted(set(before) | set(after)):
+        if key in PER_INVOCATION or key.startswith("hydra.") or before.get(key) == after.get(key):
+            continue
+        if key.startswith(FROZEN) or key == "algo.name":
+            raise ConfigError(f"{key} cannot change when resuming ({before.get(key)!r} in {checkpoint}, "
+                              f"{after.get(key)!r} now); start a new run instead")
+        log.info(f"[resume] {key}: {before.get(key)!r} -> {after.get(key)!r}")
+    return new
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict:
     """Train with a composed config: validated first, then run in the harness (rlhf.harness):
-    the shared RL loop for an Algorithm, the algorithm's own steps for a Job (rlhf.algos)."""
+    the shared RL loop for an Algorithm, the algorithm's own steps for a Job (rlhf.algos).
+    A resume continues with the run's saved config plus `overrides` (the command line's)."""
     import torch
 
     from rlhf.algos import algorithm_class, in_shared_loop
@@ -29,10 +77,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from rlhf.harness import seed_everything
 
     validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.resume:
+        cfg = resumed_config(cfg, run_dir, overrides)
+        validate(cfg)
+        n = len(list(run_dir.glob("config.resume-*.yaml"))) + 1  # the original config.yaml stays as written
+        (run_dir / f"config.resume-{n}.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if not (run_dir / "config.yaml").exists():
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if int(cfg.threads) > 0:
         torch.set_num_threads(int(cfg.threads))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if in_shared_loop(str(cfg.algo.name)):
         from rlhf.trainer import Trainer
 
@@ -44,7 +98,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        hydra_cfg = HydraConfig.get()
+        run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     except CONFIG_ERRORS as err:
         log.error(f"config error: {err}")
         sys.exit(2)
