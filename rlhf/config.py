@@ -129,6 +129,9 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not 0.0 <= float(value) <= 1.0:
             raise ConfigError(f"{key}={value!r} must lie in [0, 1]")
+    for key, value in cfg.algo.items():  # every learning rate of every algorithm
+        if (key == "lr" or key.endswith("_lr")) and isinstance(value, (int, float)) and not value > 0:
+            raise ConfigError(f"algo.{key}={value!r} must be > 0 (a learning rate)")
     _check_combinations(cfg)
     check = getattr(algorithm_class(str(cfg.algo.name)), "check", None)
     if check is not None:  # the algorithm's own settings, checked next to its code

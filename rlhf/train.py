@@ -105,10 +105,28 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def check_group_values(overrides: list[str]) -> None:
+    """`algo=ppx`: name the valid options of the group and the closest one (Hydra would print
+    its search path instead)."""
+    import difflib
+
+    from rlhf.config import GROUPS, ConfigError
+
+    for override in overrides:
+        group, _, value = override.lstrip("+~").partition("=")
+        if group in GROUPS and value:
+            options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+            if value not in options:
+                guess = difflib.get_close_matches(value, options, n=1)
+                hint = f" Did you mean {group}={guess[0]}?" if guess else ""
+                raise ConfigError(f"{group}={value} is not an option.{hint} Valid choices: {', '.join(options)}")
+
+
 def precheck(argv: list[str]) -> None:
     """Reject unknown keys, bad values and impossible combinations before Hydra starts a
     run (Hydra would not list the valid keys, and would already have made a run dir)."""
     overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra."))]
+    check_group_values(overrides)
     try:
         cfg = compose(overrides)
     except CONFIG_ERRORS:

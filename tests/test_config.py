@@ -69,8 +69,8 @@ def test_cli_rejects_before_any_work(tmp_path):
     result = cli("algo.lrr=1", cwd=tmp_path)
     assert result.returncode == 2 and "Did you mean 'algo.lr'" in result.stderr
     result = cli("algo=ppx", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Available options in 'algo'" in result.stderr and "p3o" in result.stderr and "ppo" in result.stderr
+    assert result.returncode == 2
+    assert "Did you mean algo=ppo? Valid choices:" in result.stderr and "p3o" in result.stderr
     result = cli("algo.clip_variant=both", cwd=tmp_path)
     assert result.returncode == 2 and "valid choices: joint, separate" in result.stderr
     assert not (tmp_path / "runs").exists(), "a run directory was created for a rejected config"
@@ -81,3 +81,19 @@ def test_cfg_job_prints_resolved_config(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "name: ppo" in result.stdout and "lr: 0.001" in result.stdout
     assert "cache_dir:" in result.stdout
+
+
+def test_cli_names_valid_group_options_and_checks_learning_rates():
+    import subprocess
+    import sys
+
+    bad_group = subprocess.run([sys.executable, "-m", "rlhf.train", "env=atari"], capture_output=True, text=True,
+                               timeout=120)
+    assert bad_group.returncode == 2
+    assert "env=atari is not an option. Did you mean env=mario? Valid choices: code, games, mario, math" in \
+        bad_group.stderr
+    assert "HYDRA_FULL_ERROR" not in bad_group.stderr
+    from rlhf.config import ConfigError, compose, validate
+
+    with pytest.raises(ConfigError, match=r"algo.critic_lr=-0.001 must be > 0"):
+        validate(compose(["algo=oreo", "env=math", "reward=verifier", "algo.critic_lr=-0.001"]))
