@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast,
+                          Qwen2Config)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,16 @@ def build_tiny_lm(model_cfg, tokenizer) -> nn.Module:
 
 
 def load_tokenizer(path: str | os.PathLike):
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    """The tokenizer saved in `path`. A plain `tokenizers` tokenizer (the warm start's own BPE)
+    is loaded as saved: AutoTokenizer would pick the model type's class (Qwen2Tokenizer for a
+    Qwen2-shaped model), whose own pre-tokenizer splits " 7" into " ", "7", so prompts would be
+    encoded differently from what SFT trained on."""
+    config = Path(path) / "tokenizer_config.json"
+    saved_class = json.loads(config.read_text()).get("tokenizer_class") if config.exists() else None
+    if saved_class in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # not saved by save_pretrained; generation needs it
