@@ -19,6 +19,7 @@ VOLATILE = ("timing_s/", "perf/", "time/", "rollout/sync_logp_diff_max")
 
 LM = SMALL + ["train.log_every=1", "eval.prompts=4", "eval.samples_per_prompt=1", "train.prompts_per_step=4"]
 MATH = ["env=math", "reward=verifier", *[o for o in LM if not o.startswith("env.")]]
+CODE = ["env=code", "reward=unit_tests", "model.tokenizer.vocab_size=258", *[o for o in LM if not o.startswith("env.")]]
 # algo -> (overrides, pause after N steps); the total comes from each algorithm's own settings
 CASES: dict[str, tuple[list[str], int]] = {
     "ppo": (["algo=ppo", "train.steps=4", *LM], 2),
@@ -41,6 +42,9 @@ CASES: dict[str, tuple[list[str], int]] = {
     # 2 iterations of tiny trees; paused after the first (its optimizer state comes from the checkpoint)
     "mcts_dpo": (["algo=mcts_dpo", "algo.iterations=2", "algo.problems=4", "algo.n_iters=2", "algo.filter=false",
                   *MATH], 1),
+    # 2 phi-stage + 2 theta-stage updates, paused in the theta-stage: its pool, both optimizers, the frozen V_phi
+    "bcoder": (["algo=bcoder", "algo.phi_updates=2", "algo.theta_updates=2", "algo.prompts=8", "algo.responses_per_prompt=2",
+                "algo.batch_size=8", "algo.rerank_samples=2", *CODE], 3),
     "rft": (["algo=rft", "algo.prompts=8", "algo.responses_per_prompt=4", "algo.batch_size=8", "algo.epochs=1",
              "algo.rounds=2", "algo.accept_threshold=0", *MATH], 5),
     # 8 chunks of one update: 2 weights x 2 in Stage 1, 4 extensions; paused inside a Stage 2 round

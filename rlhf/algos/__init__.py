@@ -31,6 +31,7 @@ ALGORITHMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dno": ("rlhf.algos.dno:DNO", ("text",)),
     "oreo": ("rlhf.algos.oreo:OREO", ("text",)),
     "rft": ("rlhf.algos.rft:RFT", ("text",)),
+    "bcoder": ("rlhf.algos.bcoder:BCoder", ("text",)),
     "mcts_dpo": ("rlhf.algos.mcts_dpo:MCTSDPO", ("text",)),
     "cmorl": ("rlhf.algos.cmorl:CMORL", ("control",)),
     "morl_baselines": ("rlhf.algos.morl_baselines:MORLBaselines", ("control",)),
