@@ -115,6 +115,15 @@ def checkpoint_policy(cfg, checkpoint: Path, state: dict):
     return policy, ref, tokenizer, policy_dir
 
 
+def evaluate_run_checkpoint(cfg, checkpoint: Path, run_dir: Path, records: list | None = None) -> dict[str, float]:
+    """`python -m rlhf.evaluate` for an LM job's checkpoint (DPO, OREO, RFT, MCTS-DPO): its
+    module exposes this as `evaluate`."""
+    from rlhf import checkpoint as ckpt
+
+    state, _ = ckpt.load_checkpoint(checkpoint)
+    return evaluate_lm_checkpoint(cfg, checkpoint, state, records)
+
+
 def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict, records: list | None = None) -> dict[str, float]:
     """Rebuild policy (from its warm start + checkpoint weights), reference and proxy RM; with
     decoding=value_beam, value-guided step search instead of sampling (rlhf.search)."""

@@ -31,6 +31,7 @@ from envs import base as env_base
 from envs.base import env_settings
 from rlhf.config import ConfigError
 from rlhf.evaluation import evaluate_policy
+from rlhf.evaluation import evaluate_run_checkpoint as evaluate  # noqa: F401  (python -m rlhf.evaluate)
 from rlhf.harness import Job
 from rlhf.preference import data as prefs
 from rlhf.samples import sample_scored, scored_lists, train_seeds
@@ -191,12 +192,3 @@ class OfflineRounds(Job):
         a = self.cfg.algo
         return (f"{a.name} on env={self.cfg.env.name}: {a.rounds} round(s) x {self.updates_per_round} updates of "
                 f"{self.batch_size} ({a.prompts} prompts x {a.responses_per_prompt} samples per round)")
-
-
-def evaluate(cfg, checkpoint: Path, run_dir: Path, records: list | None = None) -> dict[str, float]:
-    """`python -m rlhf.evaluate run=<oreo or rft run>` (also with decoding=value_beam)."""
-    from rlhf import checkpoint as ckpt
-    from rlhf.evaluation import evaluate_lm_checkpoint
-
-    state, _ = ckpt.load_checkpoint(checkpoint)
-    return evaluate_lm_checkpoint(cfg, checkpoint, state, records)

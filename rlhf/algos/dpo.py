@@ -38,9 +38,9 @@ import torch
 from agents.models import frozen_copy, load_lm, load_tokenizer, save_lm
 from envs import base as env_base
 from envs.base import env_settings
-from rlhf import checkpoint as ckpt
 from rlhf.config import ConfigError
-from rlhf.evaluation import evaluate_lm_checkpoint, evaluate_policy
+from rlhf.evaluation import evaluate_policy
+from rlhf.evaluation import evaluate_run_checkpoint as evaluate  # noqa: F401  (python -m rlhf.evaluate)
 from rlhf.harness import Job
 from rlhf.preference import data as prefs
 from rlhf.preference.losses import NEEDS_NO_REFERENCE
@@ -175,9 +175,3 @@ class DPO(Job):
     def describe(self) -> str:
         return (f"dpo loss={self.cfg.algo.loss} curriculum={self.cfg.algo.curriculum}: {len(self.stages)} stage(s) x "
                 f"{self.epochs} epochs")
-
-
-def evaluate(cfg, checkpoint: Path, run_dir: Path, records: list | None = None) -> dict[str, float]:
-    """`python -m rlhf.evaluate run=<dpo run>`: gold, KL to the SFT policy, length, distinct-n."""
-    state, _ = ckpt.load_checkpoint(checkpoint)
-    return evaluate_lm_checkpoint(cfg, checkpoint, state, records)

@@ -34,6 +34,7 @@ from rlhf import mcts
 from rlhf.algos.base import optimizer_step
 from rlhf.config import ConfigError
 from rlhf.evaluation import evaluate_policy
+from rlhf.evaluation import evaluate_run_checkpoint as evaluate  # noqa: F401  (python -m rlhf.evaluate)
 from rlhf.harness import Job
 from rlhf.preference import data as prefs
 from rlhf.preference.losses import dpo_loss
@@ -175,11 +176,3 @@ class MCTSDPO(Job):
         a = self.cfg.algo
         return (f"mcts_dpo pairs={a.pair_level} search_policy={a.search_policy} self_eval={a.self_eval} "
                 f"ref={a.ref_update}: {a.iterations} iterations x {a.problems} problems")
-
-
-def evaluate(cfg, checkpoint: Path, run_dir: Path, records: list | None = None) -> dict[str, float]:
-    from rlhf import checkpoint as ckpt
-    from rlhf.evaluation import evaluate_lm_checkpoint
-
-    state, _ = ckpt.load_checkpoint(checkpoint)
-    return evaluate_lm_checkpoint(cfg, checkpoint, state, records)
