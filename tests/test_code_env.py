@@ -84,6 +84,26 @@ def test_dsl_split_sizes_determinism_and_reset():
     assert fp != other.fingerprint()
 
 
+def test_validation_split_leaves_test_tasks_unchanged_and_leaves_train():
+    test = make("code", split="eval", tasks="dsl")
+    valid = make("code", split="eval", tasks="dsl", valid_fraction=0.2, eval_on="valid")
+    train = make("code", split="train", tasks="dsl", valid_fraction=0.2)
+    same_test = make("code", split="eval", tasks="dsl", valid_fraction=0.2)
+    ids = lambda env: {t.task_id for t in env.task_list}  # noqa: E731
+    assert len(valid.task_list) == 20 and len(train.task_list) == 60
+    assert ids(same_test) == ids(test)  # test tasks do not depend on valid_fraction
+    assert not ids(valid) & ids(test) and not ids(valid) & ids(train) and not ids(train) & ids(test)
+    assert all(p not in {t.prompt for t in valid.task_list} for p, _ in train.demonstrations(200, seed=0))
+    assert train.fingerprint() != make("code", split="train", tasks="dsl").fingerprint()  # new SFT cache key
+    assert "valid_fraction" not in make("code", split="train", tasks="dsl").fingerprint()  # old keys kept
+    with pytest.raises(EnvConfigError, match="valid_fraction > 0"):
+        make("code", split="eval", eval_on="valid")
+    with pytest.raises(EnvConfigError, match="valid choices: test, valid"):
+        make("code", split="eval", eval_on="validation", valid_fraction=0.2)
+    with pytest.raises(EnvConfigError, match="valid_fraction"):
+        make("code", valid_fraction=1.0)
+
+
 def test_make_from_config_section():
     from omegaconf import OmegaConf
 

@@ -12,9 +12,13 @@ Task sources (`env.tasks`, envs/code/tasks.py):
   "canonical_solution"]}.
 
 Split: a seeded shuffle of the task ids (`split_seed`) holds out `eval_fraction` of the
-tasks (dsl: 20 of the 100 (a, b) pairs). On the eval split `reset(seed)` takes task
-`seed mod len`, so eval seeds 0..n-1 score n distinct tasks; on the train split a seed draws
-a task at random.
+tasks as test tasks (dsl: 20 of the 100 (a, b) pairs) and, when `valid_fraction` > 0, the
+next `valid_fraction` of them as validation tasks (dsl, 0.2: 20 more), which then leave the
+train split too (no SFT demonstration, no training prompt); the test tasks stay the same
+whatever `valid_fraction` is. The eval split scores the test tasks, or the validation tasks
+with `eval_on=valid` (for choosing a setting or checkpoint without reading the test tasks).
+On the eval split `reset(seed)` takes task `seed mod len`, so eval seeds 0..n-1 score n
+distinct tasks; on the train split a seed draws a task at random.
 
 The reward dict of a step: {"unit_tests": the basic CodeRL reward (Le et al. 2022) that
 B-Coder optimizes (passed +1, failed -0.3, runtime error / timeout / killed -0.6, compile
@@ -34,6 +38,7 @@ from envs.code.tasks import (SOURCES, STATUS_REWARD, TASKS_VERSION, Task, load, 
                              truncate_completion)
 
 SPLITS = ("train", "eval")
+EVAL_ON = ("test", "valid")
 
 __all__ = ["CodeEnv", "pass_at_k"]
 
@@ -44,6 +49,7 @@ class CodeEnv(TextEnv):
     eval_temperature = 0.0  # held-out pass@1 is greedy pass@1
 
     def __init__(self, split: str = "train", tasks: str = "dsl", eval_fraction: float = 0.2, split_seed: int = 0,
+                 valid_fraction: float = 0.0, eval_on: str = "test",
                  timeout_s: float = 5.0, workers: int = 2, memory_mb: int = 512, truncate: bool = True, **_: Any):
         if split not in SPLITS:
             raise EnvConfigError(f"env split '{split}' unknown; valid choices: {', '.join(SPLITS)}")
@@ -51,6 +57,12 @@ class CodeEnv(TextEnv):
             raise EnvConfigError(f"env.tasks={tasks!r}: valid choices: {', '.join(SOURCES)} or a path to a JSONL file")
         if not 0.0 <= float(eval_fraction) <= 1.0:
             raise EnvConfigError(f"env.eval_fraction={eval_fraction} must lie in [0, 1]")
+        if not 0.0 <= float(valid_fraction) < 1.0:
+            raise EnvConfigError(f"env.valid_fraction={valid_fraction} must lie in [0, 1)")
+        if eval_on not in EVAL_ON:
+            raise EnvConfigError(f"env.eval_on={eval_on!r} unknown; valid choices: {', '.join(EVAL_ON)}")
+        if eval_on == "valid" and float(valid_fraction) == 0.0:
+            raise EnvConfigError("env.eval_on=valid needs validation tasks: set env.valid_fraction > 0 (e.g. 0.2)")
         if float(timeout_s) <= 0:
             raise EnvConfigError(f"env.timeout_s={timeout_s} must be > 0")
         if int(workers) < 1:
@@ -59,15 +71,20 @@ class CodeEnv(TextEnv):
             raise EnvConfigError(f"env.memory_mb={memory_mb} must be >= 64 (the interpreter needs ~30 MB)")
         self.split, self.tasks = split, str(tasks)
         self.eval_fraction, self.split_seed = float(eval_fraction), int(split_seed)
+        self.valid_fraction, self.eval_on = float(valid_fraction), eval_on
         self.timeout_s, self.workers, self.memory_mb = float(timeout_s), int(workers), int(memory_mb)
         self.truncate = bool(truncate)
         self.is_dsl = self.tasks == "dsl"
         all_tasks = load(self.tasks)
-        self._train, self._eval = split_tasks(all_tasks, self.eval_fraction, self.split_seed)
+        self._train, self._test = split_tasks(all_tasks, self.eval_fraction, self.split_seed)
+        n_valid = round(len(all_tasks) * self.valid_fraction)
+        self._valid, self._train = self._train[:n_valid], self._train[n_valid:]
+        self._eval = self._valid if eval_on == "valid" else self._test
         self.task_list = self._eval if split == "eval" else self._train
         if not self.task_list:
-            raise EnvConfigError(f"env.tasks={self.tasks}: {len(all_tasks)} tasks leave no {split} tasks "
-                                 f"at env.eval_fraction={eval_fraction}")
+            raise EnvConfigError(f"env.tasks={self.tasks}: {len(all_tasks)} tasks leave no "
+                                 f"{'train' if split == 'train' else eval_on} tasks at env.eval_fraction="
+                                 f"{eval_fraction}, env.valid_fraction={valid_fraction}")
         self._by_key: dict[str, Task] = {}
         for t in all_tasks:
             self._by_key.setdefault(t.prompt, t)
@@ -166,6 +183,8 @@ class CodeEnv(TextEnv):
         path = Path(self.tasks).expanduser()
         if self.tasks not in SOURCES and path.is_file():
             data = {"file": str(path.resolve()), "crc32": zlib.crc32(path.read_bytes())}
+        if self.valid_fraction:  # only when set, so that earlier cache keys stay valid
+            data["valid_fraction"] = self.valid_fraction
         return {"name": self.name, "tasks": self.tasks, "split": self.split, "eval_fraction": self.eval_fraction,
                 "split_seed": self.split_seed, "version": TASKS_VERSION,
-                "n_tasks": len(self._train) + len(self._eval), **data}
+                "n_tasks": len(self._train) + len(self._valid) + len(self._test), **data}
