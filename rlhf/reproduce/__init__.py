@@ -77,6 +77,9 @@ class Claim:
     # Only for sweeps whose runs do not read each other's outputs; the shared caches (SFT,
     # reward models, sample pools) are safe, since a build holds a file lock the others wait on.
     workers: int = 1
+    # Criterion history: each earlier criterion and the verdict it gave, oldest first, kept
+    # verbatim when a criterion changes after a full run (the first verdict is never erased).
+    history: list[str] = field(default_factory=list)
 
 
 _CLAIMS: dict[str, Claim] = {}
@@ -186,12 +189,13 @@ def run_claim(name: str, quick: bool, out: Path) -> Verdict:
         f"# {claim.name}{' (quick)' if quick else ''}", "",
         f"**Paper:** {claim.paper}", "", f"**Claim tested:** {claim.statement}", "",
         f"**Verdict:** {verdict.line()}", "", body, "",
+        *(["## Criterion history", "", *[f"- {h}" for h in claim.history], ""] if claim.history else []),
         f"Runs: {len(results)} ({'quick mode' if quick else 'full sweep'}), wall time {minutes:.1f} min. "
         f"Every number above was read from the runs' TensorBoard logs under `runs/`.", ""])
     (out / "report.md").write_text(report)
     (out / "results.json").write_text(json.dumps({
         "claim": claim.name, "quick": quick, "verdict": verdict.line(), "outcome": verdict.word,
-        "reproduced": verdict.reproduced,
+        "reproduced": verdict.reproduced, "history": claim.history,
         "runs": [{"name": r.spec.name, "arm": r.spec.arm, "params": r.spec.params, "run_dir": str(r.run_dir),
                   "seconds": r.seconds} for r in results]}, indent=2))
     log.info(f"[reproduce] {verdict.line()}")
