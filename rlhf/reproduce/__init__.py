@@ -80,6 +80,7 @@ class Claim:
     # Criterion history: each earlier criterion and the verdict it gave, oldest first, kept
     # verbatim when a criterion changes after a full run (the first verdict is never erased).
     history: list[str] = field(default_factory=list)
+    doc: str = ""  # the claim's section in docs/, linked from the README's claims table
 
 
 _CLAIMS: dict[str, Claim] = {}
@@ -195,7 +196,8 @@ def run_claim(name: str, quick: bool, out: Path) -> Verdict:
     (out / "report.md").write_text(report)
     (out / "results.json").write_text(json.dumps({
         "claim": claim.name, "quick": quick, "verdict": verdict.line(), "outcome": verdict.word,
-        "reproduced": verdict.reproduced, "history": claim.history,
+        "reproduced": verdict.reproduced, "history": claim.history, "statement": claim.statement,
+        "criterion": verdict.criterion, "measured": verdict.measured, "minutes": round(minutes, 1), "doc": claim.doc,
         "runs": [{"name": r.spec.name, "arm": r.spec.arm, "params": r.spec.params, "run_dir": str(r.run_dir),
                   "seconds": r.seconds} for r in results]}, indent=2))
     log.info(f"[reproduce] {verdict.line()}")

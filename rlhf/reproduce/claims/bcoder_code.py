@@ -223,13 +223,19 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
 
 
 register(Claim(
-    name="bcoder_code",
+    name="bcoder_code", doc="docs/bcoder.md",
     paper="Yu, Tao, Chen, Sun, Yang 2024, B-Coder: Value-Based Deep Reinforcement Learning for Program Synthesis "
           "(ICLR 2024, arXiv 2310.03173)",
     statement="Initializing Q from the LM (phi-stage) and the conservative Bellman operator keep value-based "
               "fine-tuning at or above the checkpoint, while the optimality operator and skipping the phi-stage "
               "degrade it; the free reward implied by Q re-ranks sampled programs (higher pass@1, AUROC > 0.7).",
     runs=sweep, analyze=analyze, workers=2,
+    history=["Run 1 (2026-12-02), same criterion, but the SFT budget (16,000 demonstrations x 3 epochs) was chosen "
+             "by greedy pass@1 on the test problems (a protocol deviation) and there were no validation problems "
+             "(80 train problems): INCONCLUSIVE. B-Coder final - SFT +0.117 [-0.067, +0.317]; the ablations did not "
+             "degrade (B* ended +0.117 above SFT); top-1 by R~ - unranked +0.309 [+0.143, +0.466]; AUROC 0.792 "
+             "[0.710, 0.863]; mean R~ passed +0.75 > failed -0.18 > compile error -5.69. Run 2 holds out 20 "
+             "validation problems and chooses the SFT budget on them (SFT_BUDGET)."],
     budget="SFT warm start (~30 s, cached) + 3 seeds x (sample pool, B-Coder, B*, B* without phi-stage); "
            "~10-15 min on 2 cores",
 ))

@@ -162,7 +162,7 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
 
 
 register(Claim(
-    name="cmorl_pareto",
+    name="cmorl_pareto", doc="docs/cmorl.md",
     paper="Liu et al. 2025, C-MORL: Multi-Objective RL through Efficient Discovery of Pareto Front (ICLR; arXiv 2410.02236)",
     statement="On deep-sea-treasure-concave, C-MORL's constrained extension finds non-supported Pareto points "
               "(HV above the supported-points bound ~805) and beats both a Stage-1-only ablation and "

@@ -156,7 +156,7 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
 
 
 register(Claim(
-    name="constrained_rlhf",
+    name="constrained_rlhf", doc="docs/constrained_rlhf.md",
     paper="Moskovitz, Singh, Strouse, Sandholm, Salakhutdinov, Dragan, McAleer 2024, Confronting Reward Model "
           "Overoptimization with Constrained RLHF (ICLR; arXiv 2310.04373)",
     statement="Fixed-weight PPO on a composite reward runs its components past their proxy points and loses "

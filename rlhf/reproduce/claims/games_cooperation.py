@@ -128,7 +128,7 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
 
 
 register(Claim(
-    name="games_cooperation",
+    name="games_cooperation", doc="docs/games.md",
     paper="Akata, Schulz, Coda-Forno, Oh, Bethge, Schulz 2023, Playing repeated games with Large Language Models "
           "(arXiv 2305.16867)",
     statement="A tiny LM trained with PPO against Tit For Tat in the repeated Prisoner's Dilemma learns to sustain "

@@ -135,7 +135,7 @@ def analyze(results: list[RunResult], out) -> tuple[Verdict, str]:
 
 
 register(Claim(
-    name="mario_reptile",
+    name="mario_reptile", doc="docs/mario.md",
     paper="RAMario: Experimental Approach to Reptile Algorithm -- Reinforcement Learning for Mario (Reptile: "
           "Nichol, Achiam, Schulman 2018, arXiv 1803.02999)",
     statement="On a held-out Super Mario Bros stage (1-2), a Reptile meta-trained initialization reaches a larger "

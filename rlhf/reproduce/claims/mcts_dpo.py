@@ -109,7 +109,7 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
 
 
 register(Claim(
-    name="mcts_dpo",
+    name="mcts_dpo", doc="docs/mcts_dpo.md",
     paper="Xie, Goyal, Zheng, Kan, Lillicrap, Kawaguchi, Shieh 2024, Monte Carlo Tree Search Boosts Reasoning via "
           "Iterative Preference Learning (arXiv 2405.00451)",
     statement="Step-level preferences from MCTS with the current policy, learned by conservative DPO over iterations, "

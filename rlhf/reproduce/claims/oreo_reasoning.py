@@ -151,7 +151,7 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
 
 
 register(Claim(
-    name="oreo_reasoning",
+    name="oreo_reasoning", doc="docs/oreo.md",
     paper="Wang, Fan, Gao, Yu, Li, Ding, Wu, Kong 2024, Offline Reinforcement Learning for LLM Multi-Step Reasoning "
           "(arXiv 2412.16145)",
     statement="OREO's soft-Bellman value and policy, learned offline from verifier-scored SFT samples, beat SFT, "
