@@ -7,14 +7,8 @@ import os
 # No model hub on the machines this runs on: never try to reach one.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
-def _quiet_transformers() -> None:
-    """Per-load progress bars ("Loading weights") drown the training progress line."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-_quiet_transformers()
+# Per-load progress bars ("Loading weights") and advisory logs drown the training progress
+# line. Set through the environment, so that importing rlhf does not import transformers
+# (seconds): `python -m rlhf.evaluate --help` answers at once.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -60,6 +60,31 @@ POSITIVE_INTS = ("train.steps", "train.prompts_per_step", "algo.samples_per_prom
                  "algo.prompts", "algo.n_max", "algo.responses_per_prompt", "algo.batch_size", "algo.iterations",
                  "launcher.num_workers")
 UNIT_INTERVAL = ("env.label_noise", "env.eval_fraction")
+# Ranges by a setting's name, applied to every numeric setting of every group (algo.*, env.*,
+# model.*, ...), so that an algorithm's new `foo_lr` or `bar_coef` is checked without a list.
+# Each entry: (test of the name, test of the value, the range in words).
+RANGES = (
+    (lambda k: k in ("lr", "learning_rate", "adam_eps", "max_grad_norm") or k.endswith(("_lr", "_lr_final"))
+     or k.endswith("timeout_s"), lambda v: v > 0, "> 0"),
+    (lambda k: k.endswith("coef") or k in ("weight_decay", "label_smoothing"), lambda v: v >= 0, ">= 0"),
+    (lambda k: k.endswith(("_fraction", "_rate")) or k in (
+        "label_noise", "gamma", "eval_gamma", "gae_lambda", "lam", "adam_beta1", "adam_beta2", "real_ratio",
+        "gpu_memory_utilization", "initial_epsilon", "final_epsilon", "exploration_final_eps"),
+     lambda v: 0 <= v <= 1, "in [0, 1]"),
+)
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every numeric setting whose name has a known valid range (RANGES), in every group."""
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, DictConfig):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                for name_test, value_test, words in RANGES:
+                    if name_test(str(key)) and not value_test(value):
+                        raise ConfigError(f"{prefix}{key}={value!r} must be {words}")
+    walk(cfg, "")
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -129,9 +154,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not 0.0 <= float(value) <= 1.0:
             raise ConfigError(f"{key}={value!r} must lie in [0, 1]")
-    for key, value in cfg.algo.items():  # every learning rate of every algorithm
-        if (key == "lr" or key.endswith("_lr")) and isinstance(value, (int, float)) and not value > 0:
-            raise ConfigError(f"algo.{key}={value!r} must be > 0 (a learning rate)")
+    check_ranges(cfg)
     _check_combinations(cfg)
     check = getattr(algorithm_class(str(cfg.algo.name)), "check", None)
     if check is not None:  # the algorithm's own settings, checked next to its code

@@ -19,34 +19,62 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-from torch.utils.tensorboard import SummaryWriter
+from rlhf.config import CONFIG_DIR
 
-from rlhf.config import GROUPS, compose
-from rlhf.evaluation import evaluate_lm_checkpoint
-from rlhf.harness import save_eval
-
-log = logging.getLogger("rlhf")
+log = logging.getLogger("rlhf")  # torch, transformers and the algorithms load only once the arguments are checked
 
 
 USAGE = ("usage: python -m rlhf.evaluate run=<run dir or checkpoint dir> [out=<dir>] "
-         "[group=option ...] [key=value ...]")
+         "[group=option ...] [key=value ...]   (--help lists them)")
+RUN_SHAPE = ("a run directory with checkpoints (runs/<time>-<algo>-<env>, holding checkpoints/step_N) or one "
+             "checkpoint (runs/<run>/checkpoints/step_000100)")
+
+
+def help_text() -> str:
+    groups = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir())
+    lines = [USAGE.split("   ")[0], "", (__doc__ or "").strip(), "", "options:",
+             f"  run=<path>        required: {RUN_SHAPE}",
+             "  out=<dir>         where eval/ and the TensorBoard scalars go (default: the run's own directory)",
+             "  <group>=<option>  swap a config group of the run's config:"]
+    for group in groups:
+        options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+        lines.append(f"                      {group}: {', '.join(options)}")
+    lines.append("  <key>=<value>     override a setting of the run's config, e.g. eval.prompts=128 "
+                 "eval.temperature=0.7 env.tasks=humaneval")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str]) -> tuple[str, Path | None, list[str]]:
     """`run=<dir>`, optional `out=<dir>` (default: the run's own directory), then overrides of
     the run's config: config groups (decoding=vas) and dotted keys (eval.prompts=128)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text())
+        raise SystemExit(0)
     runs = [a.split("=", 1)[1] for a in argv if a.startswith("run=")]
     outs = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
     if len(runs) != 1 or len(outs) > 1:
         raise SystemExit(USAGE)
     rest = [a for a in argv if not a.startswith(("run=", "out="))]
+    check_run_path(runs[0])
     return runs[0], Path(outs[0]) if outs else None, rest
 
 
+def check_run_path(path: str) -> None:
+    """`run=` names a run or a checkpoint: one line before anything heavy is imported."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise SystemExit(f"run={path}: no such directory; expected {RUN_SHAPE}")
+    if not ((p / "trainer_state.pt").is_file() or (p / "checkpoints").is_dir()):
+        raise SystemExit(f"run={path}: has no checkpoints (no {p / 'checkpoints'}/, no trainer_state.pt); "
+                         f"expected {RUN_SHAPE}")
+
+
 def load_run(path: str, overrides: list[str]):
+    import torch
+    from omegaconf import OmegaConf
+
     from rlhf import checkpoint as ckpt
+    from rlhf.config import GROUPS, compose
 
     checkpoint = ckpt.resolve_resume(path, Path(path))
     state = torch.load(checkpoint / ckpt.STATE, weights_only=False)
@@ -71,10 +99,17 @@ def load_run(path: str, overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from rlhf.algos import algorithm_module, in_shared_loop
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path, out_dir, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    log.info(f"[eval] loading {path} (torch, transformers: a few seconds)")
+    import torch
+    from omegaconf import OmegaConf
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rlhf.algos import algorithm_module, in_shared_loop
+    from rlhf.evaluation import evaluate_lm_checkpoint
+    from rlhf.harness import save_eval
+
     checkpoint, state, cfg = load_run(path, overrides)
     torch.set_num_threads(int(cfg.threads) or torch.get_num_threads())
     run_dir = out_dir or checkpoint.parent.parent

@@ -136,7 +136,15 @@ def precheck(argv: list[str]) -> None:
     validate(cfg)
 
 
+HELP_FLAGS = ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc")
+
+
 def main() -> None:
+    if any(a in HELP_FLAGS or a.startswith("--info") for a in sys.argv[1:]):
+        _hydra_main()  # Hydra's own help: no config check, no torch
+        return
+    print("[rlhf] checking the config (the first import of torch and transformers takes a few seconds)",
+          file=sys.stderr, flush=True)
     try:
         precheck(sys.argv[1:])
     except CONFIG_ERRORS as err:
