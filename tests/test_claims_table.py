@@ -48,3 +48,13 @@ def test_check_flags_a_stale_readme_and_missing_markers(tmp_path):
     readme.write_text("no table here")
     with pytest.raises(SystemExit, match="no claims table markers"):
         main(args)
+
+
+def test_a_reanalysis_keeps_the_wall_time_of_the_sweep_that_trained(tmp_path):
+    from rlhf.reproduce import previous_minutes
+
+    assert previous_minutes(tmp_path) is None
+    (tmp_path / "report.md").write_text("Runs: 9 (full sweep), wall time 14.2 min. Every number")
+    assert previous_minutes(tmp_path) == 14.2
+    (tmp_path / "results.json").write_text(json.dumps({"minutes": 9.5}))
+    assert previous_minutes(tmp_path) == 9.5

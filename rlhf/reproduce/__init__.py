@@ -46,6 +46,7 @@ class RunResult:
     run_dir: Path
     scalars: dict[str, list[tuple[int, float]]]  # every TensorBoard scalar of the run
     seconds: float
+    reused: bool = False  # finished by an earlier invocation
 
 
 @dataclass
@@ -117,7 +118,8 @@ def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
     start = time.time()
     if spec.prepare is not None:
         spec.prepare(runs_dir)
-    if done.exists() and any(done.glob("step_*.json")):
+    reused = done.exists() and any(done.glob("step_*.json"))
+    if reused:
         log.info(f"[reproduce] reusing finished run {run_dir}")
     else:
         # "{runs}" in an override stands for this sweep's runs directory (e.g. a value model path)
@@ -128,7 +130,7 @@ def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
             evaluate([f"run={runs_dir / spec.evaluate}", f"out={run_dir}", *overrides])
         else:
             run(compose(overrides), run_dir)
-    return RunResult(spec, run_dir, read_scalars(run_dir), time.time() - start)
+    return RunResult(spec, run_dir, read_scalars(run_dir), time.time() - start, reused)
 
 
 def execute_numbered(i: int, total: int, spec: RunSpec, runs_dir: Path) -> RunResult:
@@ -174,6 +176,17 @@ def execute_parallel(specs: list[RunSpec], runs_dir: Path, workers: int,
     return [results[i] for i in sorted(results)]
 
 
+def previous_minutes(out: Path) -> float | None:
+    """The wall time an earlier invocation recorded for this output directory."""
+    import re
+
+    if (out / "results.json").is_file() and "minutes" in (old := json.loads((out / "results.json").read_text())):
+        return float(old["minutes"])
+    found = re.search(r"wall time ([0-9.]+) min", (out / "report.md").read_text()) if (out / "report.md").is_file() \
+        else None
+    return float(found.group(1)) if found else None
+
+
 def run_claim(name: str, quick: bool, out: Path) -> Verdict:
     claim = get_claim(name)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,13 +198,15 @@ def run_claim(name: str, quick: bool, out: Path) -> Verdict:
     else:
         results = [execute_numbered(i, len(specs), spec, out / "runs") for i, spec in enumerate(specs, 1)]
     verdict, body = claim.analyze(results, out)
-    minutes = (time.time() - start) / 60
+    minutes, when = (time.time() - start) / 60, ""
+    if results and all(r.reused for r in results):  # a re-analysis: keep the wall time of the sweep that trained
+        minutes, when = previous_minutes(out) or minutes, " (of the sweep that trained them; this run re-analysed them)"
     report = "\n".join([
         f"# {claim.name}{' (quick)' if quick else ''}", "",
         f"**Paper:** {claim.paper}", "", f"**Claim tested:** {claim.statement}", "",
         f"**Verdict:** {verdict.line()}", "", body, "",
         *(["## Criterion history", "", *[f"- {h}" for h in claim.history], ""] if claim.history else []),
-        f"Runs: {len(results)} ({'quick mode' if quick else 'full sweep'}), wall time {minutes:.1f} min. "
+        f"Runs: {len(results)} ({'quick mode' if quick else 'full sweep'}), wall time {minutes:.1f} min{when}. "
         f"Every number above was read from the runs' TensorBoard logs under `runs/`.", ""])
     (out / "report.md").write_text(report)
     (out / "results.json").write_text(json.dumps({
