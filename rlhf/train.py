@@ -150,7 +150,23 @@ def main() -> None:
     except CONFIG_ERRORS as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv += keep_hydra_record(sys.argv[1:])
     _hydra_main()
+
+
+def keep_hydra_record(argv: list[str]) -> list[str]:
+    """A resume into an existing run directory records its Hydra files in .hydra-resume-<n>/,
+    so that .hydra/ (config, overrides.yaml) keeps the settings the run was started with."""
+    resume = [a.split("=", 1)[1] for a in argv if a.startswith("train.resume=")]
+    run_dir = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if not resume or resume[-1].lower() in ("null", "none", "false") or not run_dir or \
+            any(a.startswith("hydra.output_subdir=") for a in argv):
+        return []
+    root = Path(run_dir[-1]).expanduser()
+    if not (root / ".hydra").is_dir():
+        return []
+    n = len(list(root.glob(".hydra-resume-*"))) + 1
+    return [f"hydra.output_subdir=.hydra-resume-{n}"]
 
 
 if __name__ == "__main__":

@@ -37,3 +37,17 @@ def test_resume_without_a_checkpoint_names_the_directory(tmp_path):
     (tmp_path / "sibling" / "checkpoints").mkdir(parents=True)  # never searched
     with pytest.raises(FileNotFoundError, match=f"the run directory {tmp_path / 'typo'} has no checkpoint"):
         run(compose(["train.resume=true"]), tmp_path / "typo", ["train.resume=true"])
+
+
+def test_a_resume_keeps_the_original_hydra_record(tmp_path):
+    from rlhf.train import keep_hydra_record
+
+    run_dir = tmp_path / "run"
+    assert keep_hydra_record(["train.resume=true", f"hydra.run.dir={run_dir}"]) == []  # nothing recorded yet
+    (run_dir / ".hydra").mkdir(parents=True)
+    given = ["train.resume=true", f"hydra.run.dir={run_dir}"]
+    assert keep_hydra_record(given) == ["hydra.output_subdir=.hydra-resume-1"]
+    (run_dir / ".hydra-resume-1").mkdir()
+    assert keep_hydra_record(given) == ["hydra.output_subdir=.hydra-resume-2"]
+    assert keep_hydra_record([f"hydra.run.dir={run_dir}"]) == []  # not a resume
+    assert keep_hydra_record(["train.resume=null", f"hydra.run.dir={run_dir}"]) == []
