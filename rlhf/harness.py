@@ -101,6 +101,13 @@ class Job:
     def eval_every(self) -> int:
         return int(self.cfg.eval.every)
 
+    @property
+    def eval_at_start(self) -> bool:
+        """Evaluate before the first step too (eval.at_start): every eval/* curve gets its baseline.
+        A job that replaces the evaluation schedule (overrides eval_every: BoN's curves, DNO's
+        per-iterate win rates, control jobs evaluated by rlhf.evaluate) has no step-0 evaluation."""
+        return bool(self.cfg.eval.get("at_start", True)) and type(self).eval_every is Job.eval_every
+
     def log_x(self) -> int:
         """TensorBoard x of the step just finished (default: the step count; a control
         algorithm may log against environment steps)."""
@@ -230,9 +237,15 @@ def save_samples(run_dir: Path, step: int, samples: list[dict]) -> Path:
 
 
 def evaluate_job(job: Job, step: int) -> dict[str, float]:
-    """job.evaluate(), with the samples it records written to eval/samples_step_N.jsonl."""
+    """job.evaluate(), with the samples it records written to eval/samples_step_N.jsonl. The
+    global RNGs come back as they were, so evaluating (or not, or more often) never changes
+    what training draws."""
     job.eval_samples = []
-    metrics = job.evaluate()
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        metrics = job.evaluate()
+    random.setstate(py_state)
+    np.random.set_state(np_state)
     if job.eval_samples:
         save_samples(job.run_dir, step, job.eval_samples)
         if job.logger is not None:  # TensorBoard's text tab: the first few samples
@@ -276,7 +289,7 @@ def _run(job: Job) -> dict[str, float]:
         stop_at = min(job.total, step + int(stop_after)) if stop_after else job.total
         try:
             every = job.eval_every
-            if every and step == 0:  # the reference point every curve starts from
+            if job.eval_at_start and step == 0:  # the reference point every curve starts from
                 logger.scalars("eval/", evaluate_job(job, 0), 0)
             while step < stop_at:
                 job.steps_done = step

@@ -99,3 +99,26 @@ def test_keep_checkpoints_hook(tmp_path, keep, kept):
 def test_resume_without_a_checkpoint_names_the_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):
         harness.run(fresh(config(resume=True), tmp_path / "empty"))
+
+
+class Scored(Toy):
+    """A Toy whose evaluation draws from every global RNG, as sampling an evaluation does."""
+
+    def evaluate(self):
+        return {"score": random.random() + float(np.random.rand()) + float(torch.rand(()))}
+
+
+def test_evaluation_at_start_and_end_and_it_never_changes_training_draws(tmp_path):
+    from rlhf.logger import read_scalars
+
+    harness.seed_everything(0)  # eval.every 0: at step 0 (eval.at_start) and at the end
+    plain = Scored(config(), tmp_path / "plain")
+    harness.run(plain)
+    assert [x for x, _ in read_scalars(tmp_path / "plain")["eval/score"]] == [0, 6]
+    cfg = config()
+    cfg.eval = {"every": 2, "at_start": False}
+    harness.seed_everything(0)
+    often = Scored(cfg, tmp_path / "often")
+    harness.run(often)
+    assert [x for x, _ in read_scalars(tmp_path / "often")["eval/score"]] == [2, 4, 6]
+    assert often.draws == plain.draws  # evaluating more often drew nothing from training's RNGs
