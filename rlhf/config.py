@@ -68,7 +68,7 @@ RANGES = (
      or k.endswith("timeout_s"), lambda v: v > 0, "> 0"),
     (lambda k: k.endswith("coef") or k in ("weight_decay", "label_smoothing"), lambda v: v >= 0, ">= 0"),
     (lambda k: k.endswith(("_fraction", "_rate")) or k in (
-        "label_noise", "gamma", "eval_gamma", "gae_lambda", "lam", "adam_beta1", "adam_beta2", "real_ratio",
+        "label_noise", "gamma", "eval_gamma", "gae_lambda", "lam", "adam_beta1", "adam_beta2",
         "gpu_memory_utilization", "initial_epsilon", "final_epsilon", "exploration_final_eps"),
      lambda v: 0 <= v <= 1, "in [0, 1]"),
 )
