@@ -21,6 +21,27 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 DONE_MARKER = "ARTIFACT_DONE"
+# What a first build costs on 2 CPU cores (measured; README "Measured numbers"), said before a
+# build starts when this cache has no earlier build of the kind to estimate from.
+TYPICAL = {"sft": "about 1 min for the default text model, up to ~4 min for env=games or env=math",
+           "rm": "about 30 s per reward model, up to ~2 min", "prefs": "up to ~1 min", "code_pool": "seconds",
+           "bon_pool": "up to ~40 s", "pref_lists": "up to ~20 s"}
+
+
+def estimate(root: Path) -> str:
+    """How long a build of this kind took before (from the DONE markers under `root`)."""
+    times = []
+    for marker in root.glob(f"*/{DONE_MARKER}"):
+        try:
+            times.append(float(marker.read_text().strip().rstrip("s")))
+        except ValueError:
+            continue
+    if times:
+        times.sort()
+        low, mid, high = times[0], times[len(times) // 2], times[-1]
+        took = f"{mid:.0f} s" if high - low < 1 else f"{low:.0f}-{high:.0f} s, median {mid:.0f} s"
+        return f"earlier builds of this kind here took {took}"
+    return f"typically {TYPICAL.get(root.name, 'under a few minutes')} on 2 cores"
 
 
 def source_digest(module_names: list[str]) -> str:
@@ -64,7 +85,7 @@ def cached(cache_dir: str | os.PathLike, kind: str, spec: dict[str, Any],
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         start = time.time()
-        log(f"[cache] building {kind} {key} (first time only)")
+        log(f"[cache] building {kind} {key} (first time only; {estimate(root)})")
         build(tmp)
         (tmp / "spec.json").write_text(json.dumps({k: to_plain(v) for k, v in spec.items()},
                                                   indent=2, sort_keys=True, default=str))
