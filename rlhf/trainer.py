@@ -110,6 +110,14 @@ class Trainer(Job):
         sync_gap = self.sync_rollout(version=self.steps_done + 1)
         t_sync = time.time() - t1 - t_train
         generated = int(batch.action_mask.sum())
+        optimizer = getattr(self.algo, "optimizer", None)
+        if optimizer is not None:
+            metrics["optimizer/lr"] = float(optimizer.param_groups[0]["lr"])
+        # the policy's per-token entropy at the sampling temperature, where the algorithm does not
+        # compute it exactly from the logits (PPO does): mean -log pi(a|s) of the sampled tokens
+        # before the update, its Monte Carlo estimate
+        metrics.setdefault("objective/entropy", float(-(batch.old_logprobs * batch.action_mask).sum()
+                                                      / batch.action_mask.sum().clamp(min=1)))
         metrics.update({
             "objective/scores": float(turn_rewards.sum(1).mean()),  # per episode (and component, if [B, L, N])
             **self.env_metrics(episodes),
