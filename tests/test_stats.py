@@ -14,6 +14,12 @@ def test_outcome_from_the_interval():
     assert Effect("r", 0.3, 0.1, 0.5, claimed=0.3).outcome == INCONCLUSIVE
     assert Effect("r", 0.1, 0.0, 0.25, claimed=0.3).outcome == NOT_REPRODUCED
     assert Effect("smaller", -0.1, -0.2, -0.05, direction=-1).outcome == REPRODUCED
+    # a tolerance ("no worse than 2 points below"): an interval below 0 but reaching above -0.02
+    # contains values that satisfy the claim, so it is undecided, not a failure
+    assert Effect("tol", -0.014, -0.021, -0.007, claimed=-0.02).outcome == INCONCLUSIVE
+    assert Effect("tol", -0.01, -0.015, 0.02, claimed=-0.02).outcome == REPRODUCED
+    assert Effect("tol", -0.05, -0.08, -0.03, claimed=-0.02).outcome == NOT_REPRODUCED
+    assert Effect("edge", 0.02, -0.01, 0.05, claimed=0.05).outcome == NOT_REPRODUCED  # "> 0.05" excluded
 
 
 def test_paired_bootstrap_uses_pairs_and_averages_seeds():

@@ -31,9 +31,9 @@ class Effect:
     @property
     def outcome(self) -> str:
         lo, hi = (self.low, self.high) if self.direction > 0 else (-self.high, -self.low)
-        if lo > self.claimed or (self.claimed == 0 and lo > 0):
+        if lo > self.claimed:  # the whole interval on the claimed side
             return REPRODUCED
-        if hi < self.claimed or hi <= 0:
+        if hi <= self.claimed:  # no value in the interval satisfies "> claimed"
             return NOT_REPRODUCED
         return INCONCLUSIVE
 
