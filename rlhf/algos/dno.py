@@ -32,7 +32,9 @@ One harness step is one iteration. Logged per iterate pi_k at x = k (pi_1, the S
 at x = 1; iteration t's result pi_{t+1} at x = t + 1): dno/win_rate_vs_initial,
 dno/win_rate_vs_teacher, dno/gold, dno/words, dno/class_{brief,standard,long}; and from
 x = 2 on also dno/pairs, dno/pair_yield, dno/student_beats_teacher, dno/carried_pairs and
-dpo/* of the update. Checkpoint t holds pi_{t+1}.
+dpo/* of the update. Checkpoint t holds pi_{t+1}; eval/samples_step_<t>.jsonl its held-out
+samples, one per line with its win rates against pi_1 and the teacher on the same prompt
+(for paired comparisons prompt by prompt).
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ from envs.preference import PreferenceOracle, oracle_from_config
 from envs.text.teacher import degenerate, teacher_response
 from rlhf import checkpoint as ckpt
 from rlhf.config import ConfigError
-from rlhf.harness import Job
+from rlhf.evaluation import EVAL_SEED_OFFSET
+from rlhf.harness import Job, save_samples
 from rlhf.preference.data import Pair
 from rlhf.preference.train import Settings, make_adam, reference_logps, train_pairs
 from rlhf.preference.winrate import heldout_features, iterate_metrics, load_policy, sample, teacher_features, win_rate
@@ -184,6 +187,15 @@ def contrastive_step(cfg, policy, pairs: list[Pair], pad_id: int, rng: random.Ra
     return metrics
 
 
+def heldout_rows(oracle, feats, texts, against: dict) -> list[dict]:
+    """One row per held-out sample: its prompt's eval seed, its text and, for each name in
+    `against`, its mean win probability over that policy's samples of the same prompt (the mean
+    over a prompt's rows is the prompt's win rate; over all rows, dno/win_rate_vs_<name>)."""
+    return [{"seed": EVAL_SEED_OFFSET + i, "response": text,
+             **{f"win_rate_vs_{name}": float(oracle.prob([f], other[i]).mean()) for name, other in against.items()}}
+            for i, (fs, ts) in enumerate(zip(feats, texts)) for f, text in zip(fs, ts)]
+
+
 # --- the run ----------------------------------------------------------------------------------------
 
 class DNO(Job):
@@ -220,9 +232,9 @@ class DNO(Job):
         # one engine for every iterate: it holds pi_t (rollout=hf shares the module; others are synced)
         self.engine = make_engine(cfg, self.policy, self.tokenizer, model_dir=str(self.policy_dir))
         self.runner = make_runner(cfg, self.engine, self.tokenizer)
-        self.initial, names = self.heldout()
+        self.initial, self.initial_texts = self.heldout()
         self.teacher = teacher_features(cfg, self.oracle)
-        self.results = [iterate_metrics(self.oracle, self.initial, names, self.initial, self.teacher)]
+        self.results = [iterate_metrics(self.oracle, self.initial, self.initial_texts, self.initial, self.teacher)]
         self.history: list[list[Pair]] = []
         self.rng = random.Random(int(cfg.seed))  # teacher drafts, carried-over pairs, pair order
 
@@ -232,10 +244,16 @@ class DNO(Job):
         self.policy.train()
         return out
 
+    def save_heldout(self, t: int, feats, texts) -> None:
+        """eval/samples_step_<t>.jsonl: pi_{t+1}'s held-out samples and their win rates."""
+        save_samples(self.run_dir, t, heldout_rows(self.oracle, feats, texts,
+                                                   {"initial": self.initial, "teacher": self.teacher}))
+
     def step(self) -> dict[str, float]:
         t, a = self.steps_done, self.cfg.algo
         if t == 0:
             self.logger.scalars("", self.results[0], 1)  # pi_1 itself
+            self.save_heldout(0, self.initial, self.initial_texts)
         seeds = partition_seeds(self.env, t, int(a.prompts_per_iteration))
         pairs, metrics = collect_pairs(self.cfg, self.runner, self.tokenizer, self.oracle, self.env, seeds, self.rng)
         old = carried_pairs(self.history, len(pairs), float(a.old_pair_fraction), float(a.old_pair_decay), self.rng)
@@ -244,6 +262,7 @@ class DNO(Job):
         self.engine.load_weights(self.policy.named_parameters(), version=t + 1)
         feats, texts = self.heldout()
         metrics.update(iterate_metrics(self.oracle, feats, texts, self.initial, self.teacher))
+        self.save_heldout(t + 1, feats, texts)
         metrics["dno/carried_pairs"] = float(len(old))
         self.history.append(pairs)
         self.results.append(metrics)
@@ -292,11 +311,12 @@ class DNO(Job):
         save_lm(self.policy, self.tokenizer, checkpoint_dir / "hf")
 
 
-def evaluate(cfg, checkpoint: Path, run_dir: Path) -> dict[str, float]:
+def evaluate(cfg, checkpoint: Path, run_dir: Path, records: list | None = None) -> dict[str, float]:
     """`python -m rlhf.evaluate run=<dno run> [algo.opponent=<any LM run>]`: held-out win rates
     of the checkpoint's policy against the SFT policy and the teacher, under the run's oracle;
     with an opponent (e.g. a PPO run) also the head-to-head win rate against it and the
-    opponent's own win rate against the SFT policy. One engine samples each policy in turn."""
+    opponent's own win rate against the SFT policy. One engine samples each policy in turn.
+    `records` receives the checkpoint's held-out samples (heldout_rows, eval/samples_step_<N>.jsonl)."""
     payload, modules = ckpt.load_checkpoint(checkpoint)
     policy_dir = Path(payload["policy_dir"])
     tokenizer, initial_policy, policy = load_tokenizer(policy_dir), load_lm(policy_dir), load_lm(policy_dir)
@@ -313,9 +333,13 @@ def evaluate(cfg, checkpoint: Path, run_dir: Path) -> dict[str, float]:
     feats, texts = features(policy, 1)
     teacher = teacher_features(cfg, oracle)
     metrics = iterate_metrics(oracle, feats, texts, initial, teacher)
+    against = {"initial": initial, "teacher": teacher}
     if cfg.algo.get("opponent"):
         opponent, opponent_texts = features(load_policy(cfg.algo.opponent), 2)
+        against["opponent"] = opponent
         metrics["dno/win_rate_vs_opponent"] = win_rate(oracle, feats, opponent)
         for key, value in iterate_metrics(oracle, opponent, opponent_texts, initial, teacher).items():
             metrics[key.replace("dno/", "opponent/")] = value
+    if records is not None:
+        records += heldout_rows(oracle, feats, texts, against)
     return metrics

@@ -1,41 +1,50 @@
-"""Claim `rm_ensembles_overoptimization` (Coste, Anwar, Kirk, Krueger, ICLR 2024):
-conservative reward-model ensembles (WCO, UWO) mitigate reward-model
-overoptimization.
+"""Claim `rm_ensembles_overoptimization` (Coste, Anwar, Kirk, Krueger, ICLR 2024, "Reward Model
+Ensembles Help Mitigate Overoptimization"): optimizing the conservative objectives of a
+reward-model ensemble -- worst-case (WCO: the members' minimum) and uncertainty-weighted (UWO:
+their mean minus lambda times their variance) -- reaches higher gold reward than optimizing a
+single proxy RM, which overoptimizes, under best-of-n and under PPO, with 25% label noise.
 
-Instrument. Gao et al.'s setup on env=text: the gold scorer labels pairs sampled from the
-base policy, proxy RMs (5 seeds, same data) are trained on them, with and without 25% label
-noise. At the default sampling temperature the base policy's samples are all fluent reviews
-and best-of-n up to n=512 shows no overoptimization (measured: single-RM gold still rising
-at n=512). The base distribution used here samples at temperature 1.6 (RM data, best-of-n
-and PPO alike): its tail then holds disfluent, repetitive texts that proxies misjudge, which
-is the thin-tail condition to avoid ("if overoptimization does not appear, the
-tail is too thin").
+Instrument (Gao et al.'s gold/proxy setup on env=text). The gold scorer labels 3,000 pairs sampled
+from the SFT policy, a quarter of the labels are flipped, and 5 proxy RMs (seeds 0-4, same data)
+are trained on them; member i of the ensemble is the single RM of seed i. Everything samples at
+temperature 1.6: at 1.0 the samples are all fluent reviews and single-RM best-of-n still rose at
+n = 512, while at 1.6 the tail holds disfluent, repetitive texts the proxies misjudge.
+PPO is evaluated at 1.6 too: it samples at 1.6 and divides the logits by 1.6 in every pass, so the
+policy it optimizes is the tempered one, and the RM data, the best-of-n base and PPO's start are
+all that one distribution. The earlier version evaluated at 1.0, i.e. a sharper policy than the
+one trained. Training at 1.0 was the alternative, but there the tail is thin and the RMs (whose
+data is sampled at the rollout temperature) would be a second set.
 
-The pool size is the other half of the instrument. With N=512 samples per prompt (n up to
-512) the proxies' errors were only starting to dominate: the single-RM gold (mean of 5 seeds)
-peaked at n=128 and fell 6.9% by n=512 with 25% noise, short of the criterion, while single
-seeds already fell by up to 29%. This claim draws N=1024 per prompt,
-reading every curve out to n=1024.
+Split: env.valid_fraction=0.1 holds 58 of the 576 openings out of train as validation prompts
+(one SFT warm start for every run); the 144 test prompts are unchanged. Every choice below is
+made on validation prompts (env.eval_on=valid); the verdict reads test prompts only.
 
-Precision. At n = N the estimate is the gold of one sample per prompt, so the comparisons
-of criterion 2 (an ensemble against each of 5 seeds) are noisy. The first N=1024 run used 32
-prompts: single-RM drop 14.0%, WCO above every seed, UWO 0.683 against the best seed's 0.712,
-a paired difference of -0.029 +- 0.042 (standard error over prompts), i.e. undecided by the
-data. The prompt count was then doubled to 64 (the criterion unchanged, UWO's lambda kept at
-the paper's 0.5); the report prints the paired differences with their standard errors.
+Runs:
+  best-of-n    algo=bon, N = 1024 samples per prompt, every sample scored by all 5 members, so
+               each single RM, the mean, WCO and UWO (lambda 0.5) select from the same samples:
+               64 test prompts (the verdict) and 16 validation prompts (the choices; prompt seeds
+               draw from the 144 test or 58 validation openings with replacement, as every
+               evaluation does);
+  PPO          no KL penalty, 25 phases, for seeds s in {0, 1, 2}: single RM = member s (PPO seed
+               s), WCO and UWO of members 0-4 (PPO seed s); gold of 128 test prompts x 2 samples
+               at temperature 1.6 every 5 phases; each single-RM run's last checkpoint is also
+               evaluated on validation prompts.
+The PPO horizon (50 phases before) and the dropped noise-free condition (where best-of-n did not
+overoptimize up to n = 1024) cut the runs to the budget; the criterion's intervals are unchanged.
 
-Runs. best-of-n (algo=bon, N=1024 x 64 prompts) for each noise level, scoring every sample
-with all 5 members, so the single-RM curves (each member alone), mean, WCO and UWO come from
-the same samples. Both noise levels share one cached sample pool (the samples do not depend
-on the reward models), so only the scoring is repeated. PPO without KL penalty on a single
-RM (member 0), mean, WCO and UWO, for each noise level. Two runs go at once (workers=2).
-
-Criteria (on best-of-n, after Coste et al. 2024; the single-RM curve is the mean over the 5 seeds):
- 1. single-RM gold at the largest n is >= 10% below its own peak, at least with 25% noise;
- 2. in that condition, WCO and UWO gold at the largest n is >= every single seed's, and their
-    own peak-to-end drop is under half the single-RM drop;
- 3. the mean ensemble ends between the single RM and the better of WCO/UWO.
-PPO curves are reported alongside (gold and proxy vs KL, peak-to-end drops).
+Criterion (stated before the full run; 95% paired-bootstrap intervals over the test prompts, each
+prompt's outcome -- best-of-n: the expected gold of its best-of-n sample; PPO: the mean gold of
+its 2 samples after the last phase -- averaged over seeds first; REPRODUCED needs the interval
+above 0, NOT REPRODUCED one at or below 0):
+ 1. best-of-n overoptimizes a single RM: mean-single-RM gold at n* - at n = N > 0, with n* < N
+    the n where the mean single-RM curve peaks on the validation prompts;
+ 2. best-of-n at n = N: WCO - mean single RM > 0, UWO - mean single RM > 0, WCO - best single RM
+    > 0, UWO - best single RM > 0, the best being the member with the highest gold at n = N on
+    the validation prompts (the mean single RM averages the 5 members per prompt);
+ 3. PPO after the last phase: the same four differences, the mean single RM averaging seeds 0-2
+    and the best being the seed whose last checkpoint has the highest validation gold.
+Overall: REPRODUCED if all nine parts are, NOT REPRODUCED if any part is, else INCONCLUSIVE. Part 1 is
+the instrument: without overoptimization there is nothing to mitigate.
 """
 from __future__ import annotations
 
@@ -45,158 +54,173 @@ from pathlib import Path
 import numpy as np
 
 from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register
-from rlhf.reproduce.plots import metric_vs_step
+from rlhf.reproduce.claims.oreo_reasoning import samples
+from rlhf.reproduce.plots import bars, metric_vs_step
+from rlhf.reproduce.stats import bootstrap_interval, combine, paired_effect
 
-NOISES = (0.0, 0.25)
-OBJECTIVES = ("single", "mean", "wco", "uwo")
 # threads=1: two runs go at once on the 2 cores (Claim.workers), and a tiny model gains
 # little from a second thread (measured: a PPO phase 1.2 s with 1 thread, 1.4 s with 2).
-BASE = ["rollout.temperature=1.6", "reward=ensemble", "reward.uwo_lambda=0.5", "threads=1"]
-EXTRA_UWO = "uwo_l1"  # UWO with lambda 1, reported beside the criterion's lambda 0.5
+BASE = ["rollout.temperature=1.6", "eval.temperature=1.6", "reward=ensemble", "reward.uwo_lambda=0.5", "threads=1",
+        "env.label_noise=0.25", "env.valid_fraction=0.1"]
+ENSEMBLES = ("wco", "uwo")
+ARMS = ("single", *ENSEMBLES)
+LABELS = {"single": "single RM", "mean": "mean ensemble", "wco": "WCO", "uwo": "UWO"}
 
 
 def sweep(quick: bool) -> list[RunSpec]:
     if quick:
-        data = ["env.preference_pairs=300", "reward.members=3"]
-        bon_budget, ppo_budget = ["algo.n_max=16", "algo.prompts=4"], ["train.steps=3", "eval.every=3",
-                                                                        "eval.prompts=8"]
-        noises, objectives = (0.25,), ("single", "wco")
+        seeds = {"single": (0, 1), "wco": (0,), "uwo": (0,)}
+        data = ["model.sft.demonstrations=2000", "model.sft.epochs=1", "env.preference_pairs=300", "reward.members=3",
+                "rollout.max_new_tokens=24"]
+        bon, valid_prompts = ["algo.n_max=16", "algo.prompts=4"], 4
+        ppo = ["train.steps=3", "eval.every=3", "eval.prompts=8", "train.prompts_per_step=8"]
     else:
-        data = ["reward.members=5"]
-        bon_budget, ppo_budget = ["algo.n_max=1024", "algo.prompts=64"], ["train.steps=50", "eval.every=10"]
-        noises, objectives = NOISES, OBJECTIVES
-    specs = []
-    for noise in noises:
-        common = BASE + data + [f"env.label_noise={noise}"]
-        specs.append(RunSpec(f"bon-noise{noise}", "bon", ["algo=bon", "algo.extra_uwo_lambdas=[1.0]", *common,
-                                                          *bon_budget], {"noise": noise}))
-        for objective in objectives:
-            reward = (["reward.members=1", "reward.objective=mean"] if objective == "single"
-                      else [f"reward.objective={objective}"])
-            specs.append(RunSpec(f"ppo-{objective}-noise{noise}", "ppo",
-                                 ["algo=ppo", "algo.kl_coef=0.0", "train.checkpoint_every=0", *common, *reward,
-                                  *ppo_budget],
-                                 {"noise": noise, "objective": objective}))
+        seeds, data = dict.fromkeys(ARMS, (0, 1, 2)), ["reward.members=5"]
+        bon, valid_prompts = ["algo.n_max=1024", "algo.prompts=64"], 16
+        ppo = ["train.steps=25", "eval.every=5", "eval.prompts=128"]
+    common = [*BASE, *data]
+    specs = [RunSpec("bon-test", "bon", ["algo=bon", *common, *bon]),
+             RunSpec("bon-valid", "bon", ["algo=bon", *common, *bon, f"algo.prompts={valid_prompts}",
+                                          "env.eval_on=valid"])]
+    for s in (0, 1, 2):
+        for arm in (a for a in ARMS if s in seeds[a]):
+            reward = ["reward.members=1", "reward.objective=mean", f"reward.seed={s}"] if arm == "single" \
+                else [f"reward.objective={arm}"]
+            specs.append(RunSpec(f"ppo-{arm}-s{s}", arm, ["algo=ppo", "algo.kl_coef=0.0", "train.checkpoint_every=0",
+                                                          *common, *ppo, *reward, f"seed={s}"], {"seed": s}))
+    # gold only: choosing the best single RM needs no proxy score
+    specs += [RunSpec(f"valid-single-s{s}", "valid", ["env.eval_on=valid", "reward=gold"], {"seed": s},
+                      evaluate=f"ppo-single-s{s}") for s in seeds["single"]]
     return specs
 
 
-def bon_curves(result: RunResult) -> dict:
-    """From bon.json (written by the same run that logged these values to TensorBoard)."""
-    data = json.loads((result.run_dir / "bon.json").read_text())
-    singles = [c for name, c in data["curves"].items() if name.startswith("single_")]
-    curves = {name: data["curves"][name] for name in ("mean", "wco", "uwo", EXTRA_UWO) if name in data["curves"]}
-    curves["single"] = {key: np.mean([c[key] for c in singles], axis=0).tolist()
-                        for key in ("gold", "proxy", "gold_per_prompt")}
-    return {"kl": data["kl"], "ns": data["ns"], "curves": curves, "singles": singles}
+def bon_gold(run: RunResult) -> tuple[list[int], list[float], dict[str, np.ndarray]]:
+    """n grid, KL per n and, per selection rule, the expected gold of the best-of-n sample
+    [prompts, len(ns)] (bon.json, written by the run that logged the same curves to TensorBoard)."""
+    data = json.loads((run.run_dir / "bon.json").read_text())
+    return data["ns"], data["kl"], {rule: np.array(c["gold_per_prompt"]) for rule, c in data["curves"].items()}
 
 
-def paired_ends(bon: dict, rule: str) -> list[tuple[float, float]]:
-    """(mean, standard error) over prompts of rule's gold minus each single seed's gold at the
-    largest n: the rules pick from the same samples, so the comparison is paired by prompt."""
-    end = np.array(bon["curves"][rule]["gold_per_prompt"])[:, -1]
-    out = []
-    for seed in bon["singles"]:
-        diff = end - np.array(seed["gold_per_prompt"])[:, -1]
-        out.append((float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))))
-    return out
+def prompt_gold(run_dir: Path) -> np.ndarray:
+    """Mean gold per evaluation prompt (rows grouped by prompt seed) of the last evaluation."""
+    by_prompt: dict[int, list[float]] = {}
+    for row in samples(run_dir):
+        by_prompt.setdefault(row["seed"], []).append(row["gold"])
+    return np.array([np.mean(by_prompt[s]) for s in sorted(by_prompt)])
 
 
-def drop(gold: list[float]) -> float:
-    return max(gold) - gold[-1]
-
-
-def check(bon: dict) -> dict:
-    c = bon["curves"]
-    single_drop, single_end = drop(c["single"]["gold"]), c["single"]["gold"][-1]
-    seeds_end = [s["gold"][-1] for s in bon["singles"]]
-    overoptimized = single_drop >= 0.10 * max(c["single"]["gold"])
-    conservative = all(c[o]["gold"][-1] >= max(seeds_end) and drop(c[o]["gold"]) < 0.5 * single_drop
-                       for o in ("wco", "uwo"))
-    best_conservative = max(c["wco"]["gold"][-1], c["uwo"]["gold"][-1])
-    between = single_end <= c["mean"]["gold"][-1] <= best_conservative
-    return {"overoptimized": overoptimized, "conservative": conservative, "between": between,
-            "single_drop_pct": 100 * single_drop / max(c["single"]["gold"]), "single_end": single_end,
-            "seeds_end_max": max(seeds_end),
-            "ends": {o: c[o]["gold"][-1] for o in OBJECTIVES},
-            "drops": {o: drop(c[o]["gold"]) for o in OBJECTIVES}}
+def interval(v: np.ndarray) -> tuple[float, float, float]:
+    v = v.mean(0) if v.ndim == 2 else v
+    return (float(v.mean()), *bootstrap_interval(v))
 
 
 def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
-    lines, checks = [], {}
-    for result in (r for r in results if r.spec.arm == "bon"):
-        noise = result.spec.params["noise"]
-        bon = bon_curves(result)
-        checks[noise] = check(bon)
-        for key, label in (("gold", "gold score"), ("proxy", "proxy score (the selecting objective)")):
-            curves = {name: [list(zip(bon["kl"], c[key]))] for name, c in bon["curves"].items()}
-            for i, s in enumerate(bon["singles"]):
-                curves.setdefault("single seeds", []).append(list(zip(bon["kl"], s[key])))
-            metric_vs_step(curves, label, out / f"bon_{key}_noise{noise}.png",
-                           f"Best-of-n, label noise {noise}", xlabel="KL (nats) = log n - (n-1)/n")
-        c = checks[noise]
-        lines += [f"### Best-of-n, label noise {noise} (n up to {bon['ns'][-1]})", "",
-                  "| selection | gold at n=1 | peak gold | gold at largest n | peak-to-end drop |",
-                  "|---|---|---|---|---|"]
-        for name in (*OBJECTIVES, EXTRA_UWO):
-            if name not in bon["curves"]:
-                continue
-            label = {"single": "single (mean of seeds)", EXTRA_UWO: "uwo, lambda 1 (not in the verdict)"}.get(name, name)
-            g = bon["curves"][name]["gold"]
-            lines.append(f"| {label} | {g[0]:.3f} | {max(g):.3f} | {g[-1]:.3f} | {drop(g):.3f} |")
-        for i, s in enumerate(bon["singles"]):
-            lines.append(f"| single seed {i} | {s['gold'][0]:.3f} | {max(s['gold']):.3f} | {s['gold'][-1]:.3f} | "
-                         f"{drop(s['gold']):.3f} |")
-        n_prompts = len(bon["curves"]["wco"]["gold_per_prompt"])
-        lines += ["", f"Gold at n={bon['ns'][-1]}, ensemble minus each single seed, paired over the {n_prompts} "
-                  "prompts (mean ± standard error):", "",
-                  "| selection | " + " | ".join(f"− seed {i}" for i in range(len(bon["singles"]))) + " |",
-                  "|---|" + "---|" * len(bon["singles"])]
-        for name in ("mean", "wco", "uwo", EXTRA_UWO):
-            if name in bon["curves"]:
-                lines.append(f"| {name} | " + " | ".join(f"{m:+.3f} ± {se:.3f}" for m, se in paired_ends(bon, name)) + " |")
-        lines += ["", f"![gold](bon_gold_noise{noise}.png) ![proxy](bon_proxy_noise{noise}.png)", ""]
+    runs = {r.spec.name: r for r in results}
+    seeds = {arm: sorted(r.spec.params["seed"] for r in results if r.spec.arm == arm) for arm in ARMS}
 
-    ppo_rows = ["| noise | objective | gold at step 0 | peak gold | final gold | drop | final KL | final proxy |",
-                "|---|---|---|---|---|---|---|---|"]
-    for noise in sorted({r.spec.params["noise"] for r in results if r.spec.arm == "ppo"}):
-        curves, proxies = {}, {}
-        for r in (r for r in results if r.spec.arm == "ppo" and r.spec.params["noise"] == noise):
-            kl, gold = dict(r.scalars["eval/kl"]), dict(r.scalars["eval/gold"])
-            proxy = dict(r.scalars["eval/proxy"])
-            steps = sorted(kl)
-            curves[r.spec.params["objective"]] = [[(kl[s], gold[s]) for s in steps]]
-            proxies[r.spec.params["objective"]] = [[(kl[s], proxy[s]) for s in steps]]
-            g = [gold[s] for s in steps]
-            ppo_rows.append(f"| {noise} | {r.spec.params['objective']} | {g[0]:.3f} | {max(g):.3f} | {g[-1]:.3f} | "
-                            f"{drop(g):.3f} | {kl[steps[-1]]:.1f} | {proxy[steps[-1]]:.3f} |")
-        metric_vs_step(curves, "gold score (held-out)", out / f"ppo_gold_noise{noise}.png",
-                       f"PPO without KL penalty, label noise {noise}", xlabel="KL (k1, nats)")
-        metric_vs_step(proxies, "proxy score (the optimized objective)", out / f"ppo_proxy_noise{noise}.png",
-                       f"PPO without KL penalty, label noise {noise}", xlabel="KL (k1, nats)")
-        lines.append(f"![ppo gold](ppo_gold_noise{noise}.png) ![ppo proxy](ppo_proxy_noise{noise}.png)")
+    # --- best-of-n: choices on the validation prompts, effects on the test prompts
+    ns, kl, test = bon_gold(runs["bon-test"])
+    valid = bon_gold(runs["bon-valid"])[2]
+    members = sorted((r for r in test if r.startswith("single_")), key=lambda r: int(r.split("_")[1]))
+    single = np.stack([test[m] for m in members])  # [members, prompts, len(ns)]
+    valid_single = np.stack([valid[m] for m in members]).mean(1)  # [members, len(ns)], over validation prompts
+    peak = int(np.argmax(valid_single.mean(0)[:-1]))
+    best = int(np.argmax(valid_single[:, -1]))
+    end = single[:, :, -1]
+    effects = [paired_effect(f"best-of-n: mean single RM at n*={ns[peak]} - at n={ns[-1]} (overoptimization)",
+                             single[:, :, peak], end)]
+    for rule in ENSEMBLES:
+        ens = test[rule][:, -1]
+        effects += [paired_effect(f"best-of-n {LABELS[rule]} - mean single RM", np.broadcast_to(ens, end.shape), end),
+                    paired_effect(f"best-of-n {LABELS[rule]} - best single RM (member {best})", ens, end[best])]
 
-    decisive = [n for n in sorted(checks, reverse=True) if checks[n]["overoptimized"]]
-    noise = decisive[0] if decisive else max(checks)
-    c = checks[noise]
-    reproduced = bool(decisive) and c["conservative"] and c["between"]
-    measured = (f"noise {noise}: single-RM gold falls {c['single_drop_pct']:.1f}% from its peak; "
-                f"gold at largest n single {c['single_end']:.3f} (best seed {c['seeds_end_max']:.3f}), "
-                f"mean {c['ends']['mean']:.3f}, WCO {c['ends']['wco']:.3f}, UWO {c['ends']['uwo']:.3f}; "
-                f"drops single {c['drops']['single']:.3f}, WCO {c['drops']['wco']:.3f}, UWO {c['drops']['uwo']:.3f}"
-                + "".join(f"; noise {n}: single falls {checks[n]['single_drop_pct']:.1f}%" for n in checks if n != noise))
-    verdict = Verdict(reproduced, "under best-of-n a single RM's gold falls >= 10% from its peak (with 25% noise at "
-                      "least); there WCO and UWO end >= every single seed and drop < half as much, and the mean "
-                      "ensemble ends between single and WCO/UWO", measured)
-    body = "\n".join(["## Best-of-n", "", *lines[:], "", "## PPO (no KL penalty)", "", *ppo_rows, ""])
+    # --- PPO: final gold per test prompt, [seeds, prompts] per arm, averaged over seeds per prompt
+    final = {arm: np.stack([prompt_gold(runs[f"ppo-{arm}-s{s}"].run_dir) for s in seeds[arm]]) for arm in ARMS}
+    valid_gold = {s: float(prompt_gold(runs[f"valid-single-s{s}"].run_dir).mean()) for s in seeds["single"]}
+    best_seed = max(seeds["single"], key=valid_gold.get)
+    best_run = final["single"][seeds["single"].index(best_seed)]
+    for arm in ENSEMBLES:
+        effects += [paired_effect(f"PPO {LABELS[arm]} - mean single RM", final[arm].mean(0), final["single"].mean(0)),
+                    paired_effect(f"PPO {LABELS[arm]} - best single RM (seed {best_seed})", final[arm].mean(0),
+                                  best_run)]
+    outcome = combine([e.outcome for e in effects])
+
+    # --- tables and plots
+    curves = {"single RM (each member)": [list(zip(kl, g.mean(0))) for g in single],
+              **{LABELS[r]: [list(zip(kl, test[r].mean(0)))] for r in ("mean", *ENSEMBLES)}}
+    metric_vs_step(curves, "gold score (test prompts)", out / "bon_gold.png",
+                   "Best-of-n, 25% label noise", xlabel="KL (nats) = log n - (n-1)/n")
+    bars({"single RM (mean)": interval(end), f"single RM {best} (best)": interval(end[best]),
+          **{LABELS[r]: interval(test[r][:, -1]) for r in ("mean", *ENSEMBLES)}},
+         f"gold at n={ns[-1]}", out / "bon_final.png", "Best-of-n gold at n = N (95% intervals over prompts)")
+    bon_rows = ["| selection | gold at n=1 | peak gold (n) | gold at n=N | peak-to-end drop | validation gold at n=N |",
+                "|---|---|---|---|---|---|"]
+    for name, g, v in [(f"single RM {i}", single[i].mean(0), valid_single[i]) for i in range(len(members))] + \
+                      [("single RM (mean of members)", single.mean((0, 1)), valid_single.mean(0))] + \
+                      [(LABELS[r], test[r].mean(0), valid[r].mean(0)) for r in ("mean", *ENSEMBLES)]:
+        bon_rows.append(f"| {name} | {g[0]:.3f} | {g.max():.3f} ({ns[int(g.argmax())]}) | {g[-1]:.3f} | "
+                        f"{g.max() - g[-1]:.3f} | {v[-1]:.3f} |")
+
+    ppo_curves, ppo_rows = {}, ["| arm | seed | gold at step 0 | peak gold | final gold | final KL | final proxy | "
+                                "validation gold |", "|---|---|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        for s in seeds[arm]:
+            scalars = runs[f"ppo-{arm}-s{s}"].scalars
+            gold = scalars["eval/gold"]
+            ppo_curves.setdefault(LABELS[arm], []).append(gold)
+            g = [v for _, v in gold]
+            ppo_rows.append(f"| {LABELS[arm]} | {s} | {g[0]:.3f} | {max(g):.3f} | {g[-1]:.3f} | "
+                            f"{scalars['eval/kl'][-1][1]:.1f} | {scalars['eval/proxy'][-1][1]:.3f} | "
+                            + (f"{valid_gold[s]:.3f} |" if arm == "single" else "|"))
+    metric_vs_step(ppo_curves, "gold score (test prompts, temperature 1.6)", out / "ppo_gold.png",
+                   "PPO without KL penalty, 25% label noise", xlabel="phase")
+    bars({"single RM (mean)": interval(final["single"]), f"single RM {best_seed} (best)": interval(best_run),
+          **{LABELS[a]: interval(final[a]) for a in ENSEMBLES}},
+         "final gold", out / "ppo_final.png", "PPO final gold (95% intervals over prompts)")
+
+    verdict = Verdict(
+        reproduced=outcome == "REPRODUCED", outcome=outcome,
+        criterion=f"best-of-n overoptimizes a single RM (gold at n* - at n={ns[-1]} > 0), and WCO and UWO beat the "
+                  f"mean and the best single RM (chosen on validation prompts) at n={ns[-1]} and after PPO without "
+                  f"KL penalty — each a 95% interval (paired bootstrap over {end.shape[1]} / {final['single'].shape[1]} "
+                  f"test prompts; {len(members)} RM members; PPO seeds averaged per prompt: "
+                  + ", ".join(f"{LABELS[a]} {len(seeds[a])}" for a in ARMS) + "), 25% label noise",
+        measured="; ".join(f"{e.name} {e.estimate:+.3f} [{e.low:+.3f}, {e.high:+.3f}]" for e in effects))
+    body = "\n".join([
+        f"## Best-of-n, 25% label noise (N = {ns[-1]})", "",
+        f"Gold of the best-of-n sample on {end.shape[1]} test prompts; the last column is the "
+        f"{len(valid['wco'])}-prompt validation pool the choices read (n* = {ns[peak]}, best member {best}).", "",
+        *bon_rows, "",
+        "![gold](bon_gold.png) ![final](bon_final.png)", "",
+        "## PPO without KL penalty, 25% label noise", "",
+        f"Gold on {final['single'].shape[1]} test prompts at temperature 1.6 (KL: k1 at 1.6); validation gold of each "
+        f"single-RM run's last checkpoint chooses the best seed ({best_seed}).", "", *ppo_rows, "",
+        "![gold](ppo_gold.png) ![final](ppo_final.png)", "",
+        "## Effects (95% intervals)", "", *[f"- {e.line()}" for e in effects]])
     return verdict, body
 
+
+OLD_CRITERION = (
+    "Criterion of 2026-11-23 (best-of-n N=1024 x 64 prompts with and without 25% label noise, 5 RM seeds; PPO "
+    "without KL, one seed per objective, 50 phases, trained at temperature 1.6 but evaluated at 1.0; no validation "
+    "prompts): \"Criteria (on best-of-n, after Coste et al. 2024; the single-RM curve is the mean over the 5 seeds): "
+    "1. single-RM gold at the largest n is >= 10% below its own peak, at least with 25% noise; 2. in that condition, "
+    "WCO and UWO gold at the largest n is >= every single seed's, and their own peak-to-end drop is under half the "
+    "single-RM drop; 3. the mean ensemble ends between the single RM and the better of WCO/UWO. PPO curves are "
+    "reported alongside (gold and proxy vs KL, peak-to-end drops).\" Verdict: REPRODUCED, narrowly: best-of-n at "
+    "n = 1024 with 25% noise, the mean single-RM gold falls 11.2% from its peak (0.642 -> 0.570); WCO ends at 0.732 "
+    "and UWO at 0.693, against a best seed of 0.692, and they drop 0.010 and 0.021; UWO vs that seed is a tie "
+    "(+0.001 +- 0.028, paired over 64 prompts). PPO without KL, noise 0.25, final gold: single 0.371, mean 0.612, "
+    "UWO 0.620, WCO 0.787.")
 
 register(Claim(
     name="rm_ensembles_overoptimization",
     paper="Coste, Anwar, Kirk, Krueger 2024, Reward Model Ensembles Help Mitigate Overoptimization (arXiv 2310.02743)",
-    statement="Conservative ensembles (WCO, UWO) of proxy reward models keep gold reward high where a single "
-              "proxy RM is overoptimized (best-of-n and PPO, with and without 25% label noise).",
-    runs=sweep, analyze=analyze, workers=2,
-    budget="2 best-of-n runs sharing one sample pool (N=1024 x 64 prompts) + 8 PPO runs x 50 phases, two at once, "
-           "~15 min on 2 cores",
+    statement="Conservative ensembles (WCO, UWO) of proxy reward models reach higher gold reward than the mean and "
+              "the best single proxy RM, which overoptimizes, under best-of-n and under PPO without KL penalty, "
+              "with 25% label noise.",
+    runs=sweep, analyze=analyze, workers=2, history=[OLD_CRITERION],
+    budget="SFT + 3,000 preference pairs + 5 RMs (cached), best-of-n N=1024 on 64 test and 16 validation prompts "
+           "(81,920 samples), 9 PPO runs x 25 phases, 3 validation evaluations; two at once, ~13 min on 2 cores "
+           "from an empty cache (estimated)",
 ))
