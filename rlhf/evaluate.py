@@ -10,6 +10,13 @@ config groups can be swapped too:
 
     python -m rlhf.evaluate run=runs/<sft-or-any-run> out=eval/vas-b4 decoding=vas \
         decoding.value_models=[runs/<vas run>] decoding.beta=4
+
+Across environments (rlhf/suite.py): each run, and its SFT reference as a baseline row, on
+every environment of a suite; one table (md, csv, json) and plots in out= (default
+runs/suite-<time>):
+
+    python -m rlhf.evaluate run=runs/<a> run=runs/<b> suite=lm      # text, math, code, games
+    python -m rlhf.evaluate run=runs/<a> suite=text,math eval.prompts=32
 """
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ def help_text() -> str:
     lines = [USAGE.split("   ")[0], "", (__doc__ or "").strip(), "", "options:",
              f"  run=<path>        required: {RUN_SHAPE}",
              "  out=<dir>         where eval/ and the TensorBoard scalars go (default: the run's own directory)",
+             "  suite=<name|list> evaluate every run= (repeatable) on several envs: lm (text, math, code, games), "
+             "reasoning (math, code), or a comma list such as text,math",
              "  <group>=<option>  swap a config group of the run's config:"]
     for group in groups:
         options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
@@ -57,6 +66,29 @@ def parse_args(argv: list[str]) -> tuple[str, Path | None, list[str]]:
     rest = [a for a in argv if not a.startswith(("run=", "out="))]
     check_run_path(runs[0])
     return runs[0], Path(outs[0]) if outs else None, rest
+
+
+def suite_main(argv: list[str]) -> Path:
+    """`run=<a> [run=<b> ...] suite=<spec> [out=<dir>] [key=value ...]` (rlhf.suite)."""
+    import time
+
+    from rlhf.suite import evaluate_suite, suite_envs, write_suite
+
+    runs = [a.split("=", 1)[1] for a in argv if a.startswith("run=")]
+    specs = [a.split("=", 1)[1] for a in argv if a.startswith("suite=")]
+    outs = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
+    if not runs or len(specs) != 1 or len(outs) > 1:
+        raise SystemExit("usage: python -m rlhf.evaluate run=<run> [run=<run> ...] suite=<name|list> [out=<dir>]")
+    for run in runs:
+        check_run_path(run)
+    suite_envs(specs[0])  # a bad suite fails before anything loads
+    out = Path(outs[0]) if outs else Path("runs") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides = [a for a in argv if not a.startswith(("run=", "out=", "suite="))]
+    log.info(f"[suite] {len(runs)} run(s) on suite={specs[0]} -> {out}")
+    table = write_suite(evaluate_suite(runs, specs[0], load_run, overrides), out)
+    print(table.read_text())
+    log.info(f"[suite] wrote {table} (and suite.csv, suite.json, suite_*.png)")
+    return table
 
 
 def check_run_path(path: str) -> None:
@@ -100,7 +132,11 @@ def load_run(path: str, overrides: list[str]):
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path, out_dir, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("suite=") for a in argv) and not any(a in ("-h", "--help") for a in argv):
+        suite_main(argv)
+        return {}
+    path, out_dir, overrides = parse_args(argv)
     log.info(f"[eval] loading {path} (torch, transformers: a few seconds)")
     import torch
     from omegaconf import OmegaConf
