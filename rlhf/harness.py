@@ -50,6 +50,7 @@ class Job:
         self.steps_done = 0  # set by the harness: steps finished before the current one
         self.logger: Logger | None = None  # set by the harness for extra scalars (other x-axes)
         self.eval_samples: list[dict] = []  # rows evaluate() may add; written to eval/samples_step_N.jsonl
+        self.train_samples: list[dict] = []  # rows step() may add when samples_due(); samples/train_step_N.jsonl
 
     # --- what an algorithm supplies -------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -96,6 +97,11 @@ class Job:
         None keeps the process's setting (`threads`)."""
         n = self.cfg.algo.get("threads")
         return int(n) if n else None
+
+    def samples_due(self) -> bool:
+        """Whether the step about to run should leave a few of its samples (train.samples_every)."""
+        every = int(self.cfg.train.get("samples_every", 0) or 0)
+        return every > 0 and (self.steps_done + 1) % every == 0
 
     @property
     def eval_every(self) -> int:
@@ -229,8 +235,8 @@ def save_eval(run_dir: Path, step: int, metrics: dict[str, float], samples: list
     return out
 
 
-def save_samples(run_dir: Path, step: int, samples: list[dict]) -> Path:
-    out = Path(run_dir) / "eval" / f"samples_step_{step:06d}.jsonl"
+def save_samples(run_dir: Path, step: int, samples: list[dict], name: str = "eval/samples_step") -> Path:
+    out = Path(run_dir) / f"{name}_{step:06d}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(row) + "\n" for row in samples))
     return out
@@ -297,6 +303,10 @@ def _run(job: Job) -> dict[str, float]:
                 step += 1
                 job.steps_done = step
                 logger.log(step, metrics, x=job.log_x())
+                if job.train_samples:  # a few of this step's samples (train.samples_every)
+                    save_samples(job.run_dir, step, job.train_samples, "samples/train_step")
+                    logger.text("train/samples", samples_table(job.train_samples), job.log_x())
+                    job.train_samples = []
                 if every and step % every == 0 and step < job.total:
                     logger.scalars("eval/", evaluate_job(job, step), job.log_x())
                 if step == stop_at or (job.checkpoint_every and step % job.checkpoint_every == 0):

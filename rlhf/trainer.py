@@ -109,6 +109,8 @@ class Trainer(Job):
         t_train = time.time() - t1
         sync_gap = self.sync_rollout(version=self.steps_done + 1)
         t_sync = time.time() - t1 - t_train
+        if self.samples_due():
+            self.train_samples = self.sample_rows(episodes, turn_rewards)
         generated = int(batch.action_mask.sum())
         optimizer = getattr(self.algo, "optimizer", None)
         if optimizer is not None:
@@ -131,6 +133,18 @@ class Trainer(Job):
             "perf/time_per_step": time.time() - t0,
         })
         return metrics
+
+    def sample_rows(self, episodes, turn_rewards, n: int = 8) -> list[dict]:
+        """The first n episodes of a phase as rows: prompt, response (and turns), the reward the
+        algorithm optimized (`score`) and the env's reward components."""
+        rows = []
+        for ep, score in zip(episodes[:n], turn_rewards.sum(1)[:n]):
+            env = {k: ep.env_reward(k) for k in ep.rewards[0]} if isinstance(ep.rewards[0], dict) else {
+                "return": ep.env_reward("return")}
+            rows.append({"seed": ep.seed, "prompt": self.tokenizer.decode(ep.token_ids[:ep.prompt_len]),
+                         "response": " ".join(ep.action_texts), "turns": ep.action_texts,
+                         "score": float(score.sum()), **env})
+        return rows
 
     def env_metrics(self, episodes) -> dict[str, float]:
         first = episodes[0].rewards[0]
