@@ -259,6 +259,17 @@ def evaluate_job(job: Job, step: int) -> dict[str, float]:
     return metrics
 
 
+FIRST = ("gold", "accuracy", "pass", "proxy", "kl", "response_length", "distinct_1", "distinct_2")
+
+
+def before_after(start: dict[str, float], final: dict[str, float], step: int) -> str:
+    """`[eval] before training -> after step N`: the warm start's held-out values beside the
+    policy's, headline metrics first (a collapse in diversity shows next to the gain)."""
+    keys = [k for k in FIRST if k in start and k in final] + sorted(k for k in final if k in start and k not in FIRST)
+    return f"[eval] held out, before training -> after step {step}: " + " | ".join(
+        f"{k} {start[k]:.4g} -> {final[k]:.4g}" for k in keys)
+
+
 def samples_table(rows: list[dict]) -> str:
     """A markdown table of evaluated samples: prompt, response and every numeric score."""
     scores = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and k != "seed"]
@@ -296,7 +307,11 @@ def _run(job: Job) -> dict[str, float]:
         try:
             every = job.eval_every
             if job.eval_at_start and step == 0:  # the reference point every curve starts from
-                logger.scalars("eval/", evaluate_job(job, 0), 0)
+                start = evaluate_job(job, 0)
+                logger.scalars("eval/", start, 0)
+                if start:  # not eval/step_*.json: that name marks a finished run
+                    (job.run_dir / "eval").mkdir(parents=True, exist_ok=True)
+                    (job.run_dir / "eval" / "start.json").write_text(json.dumps(start, indent=2, sort_keys=True))
             while step < stop_at:
                 job.steps_done = step
                 metrics = job.step()
@@ -320,6 +335,9 @@ def _run(job: Job) -> dict[str, float]:
                 logger.scalars("eval/", final, job.log_x())
                 save_eval(job.run_dir, step, final)
                 log.info("[eval] " + " ".join(f"{k}={v:.4g}" for k, v in final.items()))
+                start_file = job.run_dir / "eval" / "start.json"
+                if start_file.is_file():
+                    log.info(before_after(json.loads(start_file.read_text()), final, step))
         finally:
             logger.close()
     finally:

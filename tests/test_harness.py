@@ -122,3 +122,18 @@ def test_evaluation_at_start_and_end_and_it_never_changes_training_draws(tmp_pat
     harness.run(often)
     assert [x for x, _ in read_scalars(tmp_path / "often")["eval/score"]] == [2, 4, 6]
     assert often.draws == plain.draws  # evaluating more often drew nothing from training's RNGs
+
+
+def test_the_final_evaluation_prints_the_start_beside_it(tmp_path, caplog):
+    import json
+    import logging
+
+    harness.seed_everything(0)
+    job = Scored(config(), tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="rlhf"):
+        harness.run(job)
+    start = json.loads((tmp_path / "run" / "eval" / "start.json").read_text())["score"]
+    final = json.loads((tmp_path / "run" / "eval" / "step_000006.json").read_text())["score"]
+    assert f"[eval] held out, before training -> after step 6: score {start:.4g} -> {final:.4g}" in caplog.text
+    assert harness.before_after({"kl": 0.0, "gold": 0.5, "x": 1}, {"gold": 0.7, "kl": 2.0, "x": 3}, 9) == \
+        "[eval] held out, before training -> after step 9: gold 0.5 -> 0.7 | kl 0 -> 2 | x 1 -> 3"
