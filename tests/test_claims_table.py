@@ -58,3 +58,22 @@ def test_a_reanalysis_keeps_the_wall_time_of_the_sweep_that_trained(tmp_path):
     assert previous_minutes(tmp_path) == 14.2
     (tmp_path / "results.json").write_text(json.dumps({"minutes": 9.5}))
     assert previous_minutes(tmp_path) == 9.5
+
+
+def test_sweep_runs_get_tensorboard_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlhf.reproduce import RunSpec, write_hparams
+
+    run_dir = tmp_path / "p3o-s0"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "eval" / "step_000040.json").write_text(json.dumps({"step": 40, "gold": 0.7, "kl": 3.5}))
+    spec = RunSpec("p3o-s0", "p3o", ["algo=p3o", "seed=0"], {"seed": 0, "kl_coef": 0.05})
+    write_hparams(spec, run_dir)
+    write_hparams(spec, run_dir)  # once per run directory
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    assert events.Scalars("hparams/gold")[0].value == pytest.approx(0.7)
+    assert len(events.Scalars("hparams/kl")) == 1
+    plugin = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin and b"kl_coef" in plugin["_hparams_/session_start_info"]

@@ -130,7 +130,31 @@ def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
             evaluate([f"run={runs_dir / spec.evaluate}", f"out={run_dir}", *overrides])
         else:
             run(compose(overrides), run_dir)
+    write_hparams(spec, run_dir)
     return RunResult(spec, run_dir, read_scalars(run_dir), time.time() - start, reused)
+
+
+def write_hparams(spec: RunSpec, run_dir: Path) -> None:
+    """TensorBoard HParams of a sweep run (its arm, params and overrides against its final
+    evaluation), so the HPARAMS tab of `tensorboard --logdir <claim>/runs` compares the sweep.
+    Written once per run directory."""
+    marker = run_dir / "hparams.done"
+    finals = sorted((run_dir / "eval").glob("step_*.json"))
+    if marker.exists() or not finals:
+        return
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    final = json.loads(finals[-1].read_text())
+    metrics = {f"hparams/{k}": float(v) for k, v in final.items() if isinstance(v, (int, float)) and k != "step"}
+    params = {"arm": spec.arm, "overrides": " ".join(spec.overrides)[:500],
+              **{k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in spec.params.items()}}
+    with SummaryWriter(str(run_dir)) as writer:
+        for summary in hparams(params, metrics):
+            writer.file_writer.add_summary(summary)
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, int(final.get("step", 0)))
+    marker.write_text("")
 
 
 def execute_numbered(i: int, total: int, spec: RunSpec, runs_dir: Path) -> RunResult:
