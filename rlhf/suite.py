@@ -9,7 +9,8 @@ skipped with its reason (a control policy outside its own environment, an enviro
 extra is not installed), never crashed on.
 
 Every environment's reward dict has `gold` (text: sentiment x quality; math: accuracy; code:
-pass; games: normalized payoff), so `gold` is the headline column; the table also has KL to the
+pass; games: the agent's payoff, scaled by env.reward_scale, less invalid-answer penalties), so
+`gold` is the headline column; the table also has KL to the
 policy's own reference, length and distinct-n, and each environment's other components.
 Writes <out>/suite.md, suite.csv, suite.json and suite_<metric>.png (grouped bars per env).
 """
@@ -154,18 +155,24 @@ def plot_suite(result: SuiteResult, out: Path) -> None:
 
     envs = list(dict.fromkeys(r["env"] for r in result.rows))
     policies = list(dict.fromkeys(r["policy"] for r in result.rows))
-    width = 0.8 / len(policies)
-    for metric in PLOTTED:
-        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(envs), 3.6))
-        for i, policy in enumerate(policies):
-            values = [next((r.get(metric, np.nan) for r in result.rows if r["env"] == e and r["policy"] == policy),
-                           np.nan) for e in envs]
-            ax.bar(np.arange(len(envs)) + (i - (len(policies) - 1) / 2) * width, values, width, label=policy,
-                   hatch="//" if "(SFT reference)" in policy else None, alpha=0.85)
-        ax.set_xticks(np.arange(len(envs)), [f"env={e}" for e in envs])
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} by environment (hatched: SFT reference)")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        fig.tight_layout()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for metric in PLOTTED:  # small multiples: one panel (own scale) per env, one bar per policy
+        fig, axes = plt.subplots(1, len(envs), figsize=(1.2 + 2.4 * len(envs), 3.4), squeeze=False)
+        for ax, env in zip(axes[0], envs):
+            values = [next((r.get(metric, np.nan) for r in result.rows if r["env"] == env and r["policy"] == p),
+                           np.nan) for p in policies]
+            ax.bar(np.arange(len(policies)), values, color=[colors[i % len(colors)] for i in range(len(policies))],
+                   hatch=None, edgecolor="black", linewidth=0.5)
+            for bar, policy in zip(ax.patches, policies):
+                if "(SFT reference)" in policy:
+                    bar.set_hatch("//")
+            ax.set_title(f"env={env}", fontsize=9)
+            ax.set_xticks([])
+        axes[0][0].set_ylabel(metric)
+        handles = [plt.Rectangle((0, 0), 1, 1, facecolor=colors[i % len(colors)], edgecolor="black",
+                                 hatch="//" if "(SFT reference)" in p else None) for i, p in enumerate(policies)]
+        fig.legend(handles, policies, fontsize=7, loc="lower center", ncol=min(4, len(policies)))
+        fig.suptitle(f"{metric} by environment (hatched: the run's SFT reference)", fontsize=10)
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
         fig.savefig(out / f"suite_{metric}.png", dpi=110)
         plt.close(fig)
