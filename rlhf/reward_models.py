@@ -131,9 +131,19 @@ def validation_metrics(model: ValueModel, pairs: list[dict], pad_id: int) -> dic
     return {"rm/val_accuracy": accuracy, "rm/val_gold_corr": corr}
 
 
+# env settings that cannot change the preference data or a reward model trained on it: which
+# held-out prompts evaluation reads, and the per-prompt offset added to the optimized reward
+NOT_IN_DATA = ("eval_on", "prompt_reward_offset")
+
+
+def data_env(env_cfg) -> dict:
+    """The env part of the preference data's and reward models' cache keys."""
+    return {"name": env_cfg.name, **{k: v for k, v in env_settings(env_cfg).items() if k not in NOT_IN_DATA}}
+
+
 def preference_data(cfg, policy_dir: Path, log=print) -> dict:
     """Train/validation pairs with their (noisy) labels, shared by every ensemble member."""
-    spec = {"env": {"name": cfg.env.name, **env_settings(cfg.env)},  # every env setting can change labels
+    spec = {"env": data_env(cfg.env),  # every other env setting can change labels
             "data_seed": int(cfg.reward.data_seed), "validation_fraction": cfg.reward.validation_fraction,
             "labels": str(cfg.reward.labels),
             "policy": str(Path(policy_dir).resolve()), "engine": str(cfg.rollout.name),
@@ -161,7 +171,7 @@ def reward_model_dir(cfg, policy_dir: Path, log=print, seed: int | None = None) 
     training = {k: cfg.reward[k] for k in ("init", "epochs", "batch_size", "lr", "data_seed", "validation_fraction", "labels")}
     spec = {"training": training, "seed": seed, "policy": str(Path(policy_dir).resolve()),
             "engine": str(cfg.rollout.name),
-            "env": {"name": cfg.env.name, **env_settings(cfg.env)},
+            "env": data_env(cfg.env),
             "sampling": {k: cfg.rollout[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
             "sources": source_digest(["rlhf.reward_models", "agents.models", "envs.text",
                                       "rlhf.rollout.engine", "rlhf.rollout.runner"])}

@@ -15,9 +15,12 @@ turn's last generated token (`[B, L]`, zeros elsewhere), plus metrics to log.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 import torch
 
 from agents.rewards import RewardModelEnsemble, ensemble_objective
@@ -29,6 +32,31 @@ log = logging.getLogger("rlhf")
 ENV_REWARDS = ("gold", "verifier", "unit_tests")  # reward groups that read a component of the env's reward
 
 
+def prompt_offset(prompt_ids: list[int], scale: float) -> float:
+    """delta(x) = scale * z(x), z(x) ~ N(0, 1) from a hash of the prompt's token ids (the same in
+    every process), rounded to a multiple of 2^-16: for float32 scores r with 1e-6 <= |r| < 256 and
+    |delta| < 256, r + delta is exact in float64, so (r1 + delta) - (r2 + delta) == r1 - r2 bit for bit."""
+    digest = hashlib.sha256(np.asarray(prompt_ids, dtype=np.int64).tobytes()).digest()
+    z = NormalDist().inv_cdf((int.from_bytes(digest[:8], "big") + 0.5) / 2**64)
+    return round(scale * z * 2**16) / 2**16
+
+
+class RewardSource:
+    """source(episodes, batch) -> (rewards on each turn's last token, metrics); subclasses
+    implement `score`. With `offset_scale` (env.prompt_reward_offset) set, the rewards come back
+    in float64 with delta(x) added on each episode's last turn (every column, if [B, L, N])."""
+    offset_scale = 0.0
+
+    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        rewards, metrics = self.score(episodes, batch)
+        if self.offset_scale:
+            rewards = rewards.double()
+            deltas = [prompt_offset(ep.token_ids[:ep.prompt_len], self.offset_scale) for ep in episodes]
+            rewards[torch.arange(len(episodes)), [ep.turn_ends[-1] for ep in episodes]] += \
+                torch.tensor(deltas, dtype=torch.float64).reshape(-1, *[1] * (rewards.dim() - 2))
+        return rewards, metrics
+
+
 def place_on_last_turn(episodes: list[Episode], batch: Batch, scores: torch.Tensor) -> torch.Tensor:
     rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
     last_turn_end = torch.tensor([ep.turn_ends[-1] for ep in episodes])
@@ -36,11 +64,11 @@ def place_on_last_turn(episodes: list[Episode], batch: Batch, scores: torch.Tens
     return rewards
 
 
-class GoldReward:
+class GoldReward(RewardSource):
     def __init__(self, component: str):
         self.component = component
 
-    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def score(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         for i, ep in enumerate(episodes):
             for end, r in zip(ep.turn_ends, ep.rewards):
@@ -48,7 +76,7 @@ class GoldReward:
         return rewards, {}
 
 
-class CompositeReward:
+class CompositeReward(RewardSource):
     """Component scores of the whole response (every turn's text joined), on the last turn.
 
     Metrics: each component, the text's quality and the hidden evaluation score of the
@@ -65,7 +93,7 @@ class CompositeReward:
                              f"got {list(reward_cfg.weights)}")
         self.vector = vector
 
-    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def score(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         scored = [self.scorer.score("".join(ep.action_texts)) for ep in episodes]
         table = torch.tensor([[s[name] for name in self.names] for s in scored], dtype=torch.float32)  # [B, N]
         metrics = {f"composite/{key}": float(sum(s[key] for s in scored) / len(scored)) for key in scored[0]}
@@ -75,19 +103,20 @@ class CompositeReward:
         return torch.stack(columns, dim=-1), metrics
 
 
-class EnsembleReward:
+class EnsembleReward(RewardSource):
     """`rm` / `ensemble`: the ensemble's combined score of each whole episode, on its last turn."""
 
     def __init__(self, ensemble: RewardModelEnsemble):
         self.ensemble = ensemble
         self.model = ensemble.model  # a member, e.g. to initialize PPO's critic from
 
-    def __call__(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def score(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         members = self.ensemble.member_scores(batch.input_ids, batch.attention_mask)
         scores = ensemble_objective(members, self.ensemble.objective, self.ensemble.uwo_lambda)
-        metrics = {"ensemble/mean": float(members.mean()),
-                   "ensemble/min": float(members.min(0).values.mean()),
-                   "ensemble/std": float(members.std(0, unbiased=False).mean())}
+        metrics = {}
+        if len(members) > 1:  # with one reward model these would repeat objective/scores
+            metrics = {"ensemble/mean": float(members.mean()), "ensemble/min": float(members.min(0).values.mean()),
+                       "ensemble/std": float(members.std(0, unbiased=False).mean())}
         return place_on_last_turn(episodes, batch, scores), metrics
 
 
@@ -95,11 +124,14 @@ def build_reward_source(cfg, policy_dir: Path, vector: bool = False):
     """(reward source, a reward model or None) for the `reward` config group; `vector`:
     the algorithm wants one reward column per component (composite reward only)."""
     if cfg.reward.name in ENV_REWARDS:
-        return GoldReward(str(cfg.reward.component)), None
-    if cfg.reward.name == "composite":
-        return CompositeReward(cfg.reward, vector=vector), None
-    source = EnsembleReward(reward_model_ensemble(cfg, policy_dir))
-    return source, source.model
+        source, model = GoldReward(str(cfg.reward.component)), None
+    elif cfg.reward.name == "composite":
+        source, model = CompositeReward(cfg.reward, vector=vector), None
+    else:
+        source = EnsembleReward(reward_model_ensemble(cfg, policy_dir))
+        model = source.model
+    source.offset_scale = float(cfg.env.get("prompt_reward_offset") or 0.0)
+    return source, model
 
 
 def reward_model_ensemble(cfg, policy_dir: Path) -> RewardModelEnsemble:

@@ -3,21 +3,26 @@
 (a) rows 2i and 2i+1 are the two responses of prompt i: swapping them within a pair gives the
 same update, and a pair of identical responses with equal rewards gives none; (b) the update is
 invariant to a per-prompt reward shift delta(x) (Wu et al. 2023: P3O is invariant to equivalent
-rewards) when rewards are not divided by a running std (algo.reward_scaling=none).
+rewards) when rewards are not divided by a running std (algo.reward_scaling=none) -- bit for bit
+with the offset of env.prompt_reward_offset (rlhf.rewards), which the tests here also check.
 """
 from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import pytest
 import torch
 
 from agents.models import build_tiny_lm, frozen_copy
+from rlhf import rewards as reward_sources
 from rlhf.harness import torch_threads
 from rlhf.algos.p3o import P3O
 from rlhf.config import compose
+from rlhf.rewards import RewardSource, prompt_offset
 from rlhf.rollout.batch import Batch
+from rlhf.rollout.runner import Episode
 
 from tests.tiny import TINY, VOCAB, Vocab
 from tests.tiny import make_batch as _make_batch
@@ -62,13 +67,15 @@ def config(overrides: tuple[str, ...]):
     return compose(list(overrides))  # P3O only reads its config
 
 
-def update(initial_policy, batch: Batch, rewards: list[float], overrides: list[str] = ()) -> dict[str, torch.Tensor]:
-    """Parameter change of one P3O.step (2 epochs: the second is off-policy) from a fresh copy."""
+def update(initial_policy, batch: Batch, rewards: list[float] | torch.Tensor,
+           overrides: list[str] = ()) -> dict[str, torch.Tensor]:
+    """Parameter change of one P3O.step (2 epochs: the second is off-policy) from a fresh copy;
+    `rewards`: one per row, or the turn rewards [B, L] as a reward source returns them."""
     cfg = config(("algo=p3o", "rollout.temperature=1.0", "algo.epochs=2", "algo.minibatch_pairs=16",
                   "algo.kl_coef=0.1", *overrides))
     policy = copy.deepcopy(initial_policy)
     algo = P3O(cfg, policy, frozen_copy(initial_policy), tokenizer=None)
-    algo.step(batch, on_last_token(batch, rewards))
+    algo.step(batch, rewards if torch.is_tensor(rewards) else on_last_token(batch, rewards))
     before = dict(initial_policy.named_parameters())
     return {name: (p.detach() - before[name].detach()) for name, p in policy.named_parameters()}
 
@@ -130,3 +137,74 @@ def test_per_prompt_reward_shift_leaves_the_update_unchanged(initial_policy, var
     assert max_difference(base, update(initial_policy, pair_batch(), shifted, overrides)) < 1e-6
     per_sample = [r + (1.0 if i % 2 == 0 else 0.0) for i, r in enumerate(REWARDS)]
     assert max_difference(base, update(initial_policy, pair_batch(), per_sample, overrides)) > 1e-5
+
+
+# --- env.prompt_reward_offset: delta(x) in the optimized reward, bit-exact for P3O ---------------
+
+
+class FixedScores(RewardSource):
+    """A reward source that returns REWARDS on each row's last token (as a reward model would)."""
+
+    def score(self, episodes, batch):
+        return on_last_token(batch, REWARDS), {}
+
+
+def episodes_of(batch: Batch, order: list[int]) -> list[Episode]:
+    """The episodes a batch was collated from: prompt i's token ids, one turn ending on the last token."""
+    rows = []
+    for row, i in enumerate(order):
+        prompt, length = PROMPTS[i // 2], int(batch.attention_mask[row].sum())
+        rows.append(Episode(seed=i, prompt_len=len(prompt), token_ids=batch.input_ids[row, :length].tolist(),
+                            action_mask=[], logprobs=[], turn_ends=[length - 1]))
+    return rows
+
+
+def test_prompt_offset_is_a_fixed_standard_normal_draw_per_prompt():
+    assert prompt_offset([5, 6, 7], 2.0) == prompt_offset([5, 6, 7], 2.0) != prompt_offset([5, 6, 8], 2.0)
+    assert prompt_offset([5, 6, 7], 0.0) == 0.0
+    draws = torch.tensor([prompt_offset([i, i + 1], 1.0) for i in range(4000)])
+    assert abs(float(draws.mean())) < 0.06 and abs(float(draws.std()) - 1.0) < 0.05
+    assert all(float(d * 2**16).is_integer() for d in draws[:100])  # on the 2^-16 grid
+
+
+def test_reward_source_adds_the_offset_per_prompt_on_the_last_turn():
+    batch, order = pair_batch(), list(range(6))
+    source = FixedScores()
+    base, _ = source(episodes_of(batch, order), batch)
+    assert base.dtype == torch.float32  # offset off: untouched
+    source.offset_scale = 2.0
+    shifted, _ = source(episodes_of(batch, order), batch)
+    assert shifted.dtype == torch.float64
+    added = shifted - base.double()
+    deltas = [prompt_offset(PROMPTS[i], 2.0) for i in range(3)]
+    assert torch.equal(added.sum(-1), torch.tensor([d for d in deltas for _ in range(2)], dtype=torch.float64))
+    assert torch.equal(added != 0, batch.turn_end_mask.bool())  # on the last token only
+    assert len(set(deltas)) == 3
+
+
+def test_offset_config_reaches_the_reward_source_but_not_the_reward_models(monkeypatch):
+    cfg = compose(["reward=gold", "env.prompt_reward_offset=2"])
+    source, _ = reward_sources.build_reward_source(cfg, Path("unused"))
+    assert source.offset_scale == 2.0
+    from rlhf.reward_models import data_env
+
+    # the same cached preference data and reward models as without the offset (or with eval_on=valid)
+    plain = data_env(compose([]).env)
+    assert data_env(compose(["env.prompt_reward_offset=2"]).env) == plain
+    assert data_env(compose(["env.valid_fraction=0.1", "env.eval_on=valid"]).env) == \
+        data_env(compose(["env.valid_fraction=0.1"]).env) != plain  # validation prompts leave train: new data
+
+
+@pytest.mark.parametrize("variant", ["joint", "separate"])
+def test_prompt_reward_offset_leaves_the_update_bitwise_unchanged(initial_policy, variant):
+    """The rewards of env.prompt_reward_offset (float64, delta(x) on a 2^-16 grid) cancel exactly
+    in r1 - r2: the same parameters bit for bit, also in the off-policy second epoch."""
+    overrides = [f"algo.clip_variant={variant}", "algo.reward_scaling=none", "algo.reward_clip=100"]
+    batch = pair_batch()
+    source = FixedScores()
+    base = update(initial_policy, batch, source(episodes_of(batch, list(range(6))), batch)[0], overrides)
+    assert largest(base) > 1e-4
+    for scale in (2.0, 7.3):
+        source.offset_scale = scale
+        shifted = update(initial_policy, batch, source(episodes_of(batch, list(range(6))), batch)[0], overrides)
+        assert all(torch.equal(base[k], shifted[k]) for k in base), scale

@@ -91,7 +91,8 @@ class P3O(Algorithm):
         # The trainer lays out the samples of a prompt next to each other: rows 2k, 2k+1.
         if not torch.equal(batch.group[0::2], batch.group[1::2]):
             raise ValueError("P3O needs the two samples of each prompt in adjacent rows")
-        rewards = self.scaled_rewards(turn_rewards.sum(-1))
+        # float64: a per-prompt offset delta(x) in the rewards (rlhf.rewards) cancels exactly in r1 - r2
+        rewards = self.scaled_rewards(turn_rewards.sum(-1).double())
         with torch.no_grad():
             old_logp = self.old_logprobs(batch)
             ref_logp = self.frozen_logprobs(self.ref, batch)
@@ -106,7 +107,7 @@ class P3O(Algorithm):
                 kl_source = logp.detach() if a.kl_from == "current" else old_logp[rows]
                 seq_kl = masked_sum(kl_estimate(kl_source, ref_logp[rows], "k1", clamp=1e9), m, dim=-1)
                 r = rewards[rows]
-                q = (r[0::2] - r[1::2]) - float(a.kl_coef) * (seq_kl[0::2] - seq_kl[1::2])
+                q = (r[0::2] - r[1::2]).float() - float(a.kl_coef) * (seq_kl[0::2] - seq_kl[1::2])
                 if a.scale_q and q.numel() > 1:
                     q = q / (q.std() + 1e-8)
                 log_rho = sequence_logprob(logp.detach() - old_logp[rows], m)
