@@ -262,6 +262,14 @@ class RepeatedGameEnv(TextEnv):
         self.rounds = int(rounds)
         if self.rounds < 1:
             raise ValueError(f"env.rounds={rounds} must be >= 1")
+        for game in self.games:  # some strategies need a game shape others lack (ZDExtort2: a PD)
+            for name in self.opponent_names:
+                try:
+                    AxelrodOpponent(name, GAMES[game], self.rounds, 0).move()
+                except Exception as err:  # noqa: BLE001 - axelrod raises bare ValueErrors here
+                    raise ValueError(f"env.opponents: {name} cannot play game '{game}' ({type(err).__name__}"
+                                     f"{': ' + str(err) if str(err) else ''}); drop it or the game from "
+                                     f"env.games={self.games}") from None
         self.max_turns = self.rounds
         self.labels = tuple(str(x) for x in labels)
         self.label_pool = tuple(str(x) for x in label_pool)

@@ -141,6 +141,9 @@ def test_bad_settings_fail_with_valid_choices():
         RepeatedGameEnv(opponents=["TitForTwoTats"])
     with pytest.raises(ValueError, match="two distinct labels"):
         RepeatedGameEnv(labels=["J", "j"])
+    with pytest.raises(ValueError, match=r"ZDExtort2 cannot play game 'bos' .* drop it or the game"):
+        RepeatedGameEnv(games=["pd", "bos"], opponents=["TitForTat", "ZDExtort2"])  # before any reset()
+    assert RepeatedGameEnv(games=["pd"], opponents=["ZDExtort2"]).reset(0)
     assert strategy_class("GrimTrigger") is strategy_class("Grudger")
     with pytest.raises(ConfigError, match="reward=gold"):
         validate(compose(["algo=ppo", "env=games", "reward=rm"]))
