@@ -202,7 +202,7 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
 
 
 register(Claim(
-    name="dno_self_improvement",
+    name="dno_self_improvement", doc="docs/dpo_dno.md",
     paper="Rosset, Cheng, Mitra, Santacroce, Awadallah, Xie 2024, Direct Nash Optimization: Teaching Language Models "
           "to Self-Improve with General Preferences (arXiv 2404.03715)",
     statement="DNO-Prct's iterates win more and more often against the initial policy, under a transitive and under "

@@ -214,7 +214,7 @@ OLD_CRITERION = (
     "UWO 0.620, WCO 0.787.")
 
 register(Claim(
-    name="rm_ensembles_overoptimization",
+    name="rm_ensembles_overoptimization", doc="docs/ensembles.md",
     paper="Coste, Anwar, Kirk, Krueger 2024, Reward Model Ensembles Help Mitigate Overoptimization (arXiv 2310.02743)",
     statement="Conservative ensembles (WCO, UWO) of proxy reward models reach higher gold reward than the mean and "
               "the best single proxy RM, which overoptimizes, under best-of-n and under PPO without KL penalty, "
