@@ -84,6 +84,18 @@ class Claim:
     doc: str = ""  # the claim's section in docs/, linked from the README's claims table
 
 
+def wait_for(name: str, timeout: float = 3600.0) -> Callable[[Path], None]:
+    """A RunSpec.prepare that waits until the sweep's run `name` has finished: for a run that
+    reads a second run besides the one it evaluates (parallel sweeps order runs, not readers)."""
+    def prepare(runs_dir: Path) -> None:
+        deadline = time.time() + timeout
+        while not any((runs_dir / name / "eval").glob("step_*.json")):
+            if time.time() > deadline:
+                raise TimeoutError(f"{runs_dir / name} has not finished; a later run of the sweep needs it")
+            time.sleep(5)
+    return prepare
+
+
 _CLAIMS: dict[str, Claim] = {}
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,7 +50,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from envs.preference import oracle_from_config
-from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register
+from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register, wait_for
 from rlhf.reproduce.plots import metric_vs_step
 from rlhf.reproduce.stats import REPRODUCED, combine, paired_effect
 
@@ -60,16 +59,6 @@ VARIANTS = {"restrictive": "DNO-Restrictive", "spin": "SPIN-style"}
 ARMS = {"dno-intransitive": ["algo.oracle=intransitive"], "dno-gold": ["algo.oracle=gold"],
         **{v: ["algo.oracle=intransitive", f"algo.pairs={v}"] for v in VARIANTS}}
 FINAL_MARGIN = 0.05
-
-
-def wait_for_ppo(runs_dir: Path, timeout: float = 3600.0) -> None:
-    """The head-to-head reads the PPO run besides the DNO run it evaluates. PPO is the sweep's
-    first run and the head-to-heads its last, so with 2 workers it has long finished."""
-    deadline = time.time() + timeout
-    while not any((runs_dir / "ppo-bt" / "eval").glob("step_*.json")):
-        if time.time() > deadline:
-            raise TimeoutError(f"{runs_dir / 'ppo-bt'} has not finished; the head-to-head needs it")
-        time.sleep(5)
 
 
 def sweep(quick: bool) -> list[RunSpec]:
@@ -86,7 +75,7 @@ def sweep(quick: bool) -> list[RunSpec]:
     specs += [RunSpec(f"{arm}-s{s}", arm, ["algo=dno", "threads=1", f"seed={s}", *dno, *extra], {"seed": s})
               for s in seeds for arm, extra in ARMS.items()]
     specs += [RunSpec(f"head-to-head-s{s}", "h2h", ["algo.opponent={runs}/ppo-bt"], {"seed": s},
-                      evaluate=f"dno-intransitive-s{s}", prepare=wait_for_ppo) for s in seeds]
+                      evaluate=f"dno-intransitive-s{s}", prepare=wait_for("ppo-bt")) for s in seeds]
     return specs
 
 

@@ -57,7 +57,6 @@ changed after; the one later change (1 sample per draw in the compositions) was 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -65,24 +64,13 @@ from omegaconf import OmegaConf
 from scipy.stats import rankdata
 
 from rlhf.evaluation import EVAL_SEED_OFFSET
-from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register
+from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register, wait_for
 from rlhf.reproduce.plots import bars, metric_vs_step, pareto_front
 from rlhf.reproduce.stats import REPRODUCED, Effect, bootstrap_interval, combine, paired_effect
 
 TASK = ["env.valid_fraction=0.1", "threads=1"]
 BETAS, WEIGHTS, TOTAL_BETA = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0), (0.0, 0.25, 0.5, 0.75, 1.0), 4.0
 MIN_RANK, TOLERANCE = 0.8, 0.02
-
-
-def wait_for_verbosity(runs_dir: Path, timeout: float = 3600.0) -> None:
-    """The composition evaluations read V_verbosity besides the V_rm run they evaluate. Both
-    trainings are the sweep's first runs and the compositions its last, so with 2 workers it has
-    long finished."""
-    deadline = time.time() + timeout
-    while not any((runs_dir / "vas-verbosity" / "eval").glob("step_*.json")):
-        if time.time() > deadline:
-            raise TimeoutError(f"{runs_dir / 'vas-verbosity'} has not finished; the composition needs it")
-        time.sleep(5)
 
 
 def sweep(quick: bool) -> list[RunSpec]:
@@ -113,7 +101,7 @@ def sweep(quick: bool) -> list[RunSpec]:
                           {"beta": b}, evaluate="vas-rm") for b in betas]
     specs += [RunSpec(f"mix{w}", "mix", guided("mix", "{runs}/vas-rm,{runs}/vas-verbosity",
                                                f"decoding.betas=[{TOTAL_BETA * w},{TOTAL_BETA * (1 - w)}]"),
-                      {"w": w}, evaluate="vas-rm", prepare=wait_for_verbosity) for w in weights]
+                      {"w": w}, evaluate="vas-rm", prepare=wait_for("vas-verbosity")) for w in weights]
     return specs
 
 
