@@ -13,6 +13,7 @@ rlhf.reproduce.stats), results.json.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -86,14 +87,17 @@ class Claim:
 
 def wait_for(name: str, timeout: float = 3600.0) -> Callable[[Path], None]:
     """A RunSpec.prepare that waits until the sweep's run `name` has finished: for a run that
-    reads a second run besides the one it evaluates (parallel sweeps order runs, not readers)."""
-    def prepare(runs_dir: Path) -> None:
-        deadline = time.time() + timeout
-        while not any((runs_dir / name / "eval").glob("step_*.json")):
-            if time.time() > deadline:
-                raise TimeoutError(f"{runs_dir / name} has not finished; a later run of the sweep needs it")
-            time.sleep(5)
-    return prepare
+    reads a second run besides the one it evaluates (parallel sweeps order runs, not readers).
+    A partial of a module-level function, so that it pickles into spawned sweep workers."""
+    return functools.partial(_wait_for, name, timeout)
+
+
+def _wait_for(name: str, timeout: float, runs_dir: Path) -> None:
+    deadline = time.time() + timeout
+    while not any((runs_dir / name / "eval").glob("step_*.json")):
+        if time.time() > deadline:
+            raise TimeoutError(f"{runs_dir / name} has not finished; a later run of the sweep needs it")
+        time.sleep(5)
 
 
 _CLAIMS: dict[str, Claim] = {}
