@@ -26,5 +26,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   python -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
   # Mario: metadata says Python>=3.13, the code runs on 3.11 (nes-py compiles in ~25 s).
   python -m pip install -q --no-deps --ignore-requires-python nes-py==9.0.1 gym-super-mario-bros==9.1.0
+  # env=alfworld: compiles jericho and fast-downward from sdists (about 4 minutes on 2 cores).
+  python -m pip install -q torch==2.13.0 -e ".[alfworld]"
   echo "$want" > "$stamp"
 fi

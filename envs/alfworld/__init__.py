@@ -1,0 +1,242 @@
+"""`env=alfworld`: ALFWorld household tasks (Shridhar et al. 2021) through ALFWorld's own
+`AlfredTWEnv`, multi-turn.
+
+Games: by default generated offline by `envs/alfworld/generator.py` in ALFWorld's exact
+`game.tw-pddl` format (spec: environments.md §3) and cached under `cache_dir/games/<hash>/` in
+ALFWorld's folder layout (`train/`, `valid_seen/`, `valid_unseen/`). With `data_dir=<path>` the
+same adapter plays a real ALFWorld release instead (`$ALFWORLD_DATA/json_2.1.1`, the folder that
+holds `train/`, `valid_seen/`, `valid_unseen/`); nothing is generated then.
+
+The game runs in `AlfredTWEnv(config, split).init_env(batch_size=1)`, i.e. with ALFWorld's own
+AlfredDemangler / AlfredInfos wrappers and, on the train split, the AlfredExpert wrapper
+(`expert_type` planner or handcoded), exactly as AlfredTWEnv sets them up. Splits: `train` plays
+the training games; `eval` plays `valid_seen` (eval_on=seen) or `valid_unseen` (eval_on=unseen).
+On the eval split `reset(seed)` takes game `seed mod len`, so seeds 0..n-1 score n distinct
+games; on the train split a seed draws a game at random.
+
+Text: reset returns ALFWorld's intro ("-= Welcome to TextWorld, ALFRED! =- ... Your task is to:
+...") followed by the admissible commands and "\\nAction:"; the answer is one command (a leading
+space is expected, as in env=games). Each step returns the game's feedback, again followed by the
+admissible commands.
+
+Answers: stripped, lower-cased, whitespace collapsed, a trailing period dropped. If the result is
+one of the admissible commands it is played. Otherwise the answer is *invalid*: it is not sent to
+the game, the observation is "Nothing happens." (what ALFWorld's engine answers to a command it
+cannot execute), it is counted (reward component `invalid`, info["valid"]=False), it uses up one
+step of the step limit, and `invalid_penalty` is subtracted from gold.
+
+Step limit: the episode ends after `max_steps` answers (valid or not), or when the task is won.
+
+Reward components (a dict per step; sums over the episode are what gets logged):
+  gold     1 on the step that completes the task, minus invalid_penalty for an invalid answer and
+           step_penalty per step
+  success  1 on the step that completes the task (episode sum = success rate)
+  invalid  1 per invalid answer (episode sum = number of invalid answers)
+  steps    1 per answer (episode sum = episode length)
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from envs.base import EnvConfigError, TextEnv, register
+
+TASK_IDS = {"pick_and_place_simple": 1, "look_at_obj_in_light": 2, "pick_clean_then_place_in_recep": 3,
+            "pick_heat_then_place_in_recep": 4, "pick_cool_then_place_in_recep": 5, "pick_two_obj_and_place": 6}
+SPLIT_MODE = {"train": "train", "seen": "eval_in_distribution", "unseen": "eval_out_of_distribution"}
+INVALID_FEEDBACK = "Nothing happens."
+EOS = "<|endoftext|>"
+
+
+def _prepare_dirs(cache_dir: Path) -> None:
+    """alfworld creates $ALFWORLD_DATA on import (default ~/.cache/alfworld): keep it in our cache."""
+    os.environ.setdefault("ALFWORLD_DATA", str(cache_dir / "alfworld_data"))
+    Path(os.environ["ALFWORLD_DATA"]).mkdir(parents=True, exist_ok=True)
+
+
+def normalize(text: str) -> str:
+    answer = " ".join(text.strip().lower().split())
+    return answer[:-1].rstrip() if answer.endswith(".") else answer
+
+
+@register("alfworld")
+class AlfWorldEnv(TextEnv):
+    """ALFWorld through AlfredTWEnv; see the module docstring for text, parsing and rewards."""
+
+    eval_temperature = 0.0
+
+    def __init__(self, split: str = "train", eval_on: str = "seen", data_dir: str | None = None,
+                 cache_dir: str = ".cache/alfworld", num_train: int = 100, num_seen: int = 20, num_unseen: int = 20,
+                 task_types=tuple(TASK_IDS), unseen_fraction: float = 0.2, distractors=(4, 10), gen_seed: int = 0,
+                 max_steps: int = 30, expert_type: str = "planner", show_admissible: bool = True,
+                 invalid_penalty: float = 0.0, step_penalty: float = 0.0, max_turns: int | None = None, **_: Any):
+        if split not in ("train", "eval"):
+            raise EnvConfigError(f"env split '{split}' unknown; valid choices: train, eval")
+        if eval_on not in ("seen", "unseen"):
+            raise EnvConfigError(f"env.eval_on={eval_on!r}; valid choices: seen, unseen")
+        if expert_type not in ("planner", "handcoded"):
+            raise EnvConfigError(f"env.expert_type={expert_type!r}; valid choices: planner, handcoded")
+        task_types = [task_types] if isinstance(task_types, str) else list(task_types)
+        for t in task_types:
+            if t not in TASK_IDS:
+                raise EnvConfigError(f"env.task_types: unknown task '{t}'; valid choices: {', '.join(TASK_IDS)}")
+        if int(max_steps) < 1:
+            raise EnvConfigError(f"env.max_steps={max_steps} must be >= 1")
+        self.split, self.eval_on = split, eval_on
+        self.cache_dir = Path(cache_dir).expanduser().resolve()
+        self.task_types = task_types
+        self.max_steps = self.max_turns = int(max_steps)
+        self.expert_type, self.show_admissible = expert_type, bool(show_admissible)
+        self.invalid_penalty, self.step_penalty = float(invalid_penalty), float(step_penalty)
+        self.data_dir = data_dir
+        _prepare_dirs(self.cache_dir)
+        from envs.alfworld.generator import GenSettings
+
+        self.gen = GenSettings(num_train=int(num_train), num_seen=int(num_seen), num_unseen=int(num_unseen),
+                               task_types=tuple(task_types), unseen_fraction=float(unseen_fraction),
+                               distractors=tuple(int(x) for x in distractors), seed=int(gen_seed))
+        self._gym = None
+        self.game_files: list[str] = []
+        self._state: dict[str, Any] | None = None
+
+    # --- games ------------------------------------------------------------------------------
+    def root(self) -> Path:
+        """The folder holding train/, valid_seen/, valid_unseen/ (generated on first use)."""
+        if self.data_dir:
+            root = Path(os.path.expandvars(str(self.data_dir))).expanduser()
+            if not root.is_dir():
+                raise EnvConfigError(f"env.data_dir={self.data_dir!r} is not a folder (want ALFWorld's json_2.1.1)")
+            return root
+        from envs.alfworld.generator import ensure_games
+
+        return ensure_games(self.cache_dir, self.gen)
+
+    def alfred_config(self, root: Path) -> dict[str, Any]:
+        """The config dict AlfredTWEnv reads (its base_config.yaml is not shipped in the wheel)."""
+        return {"env": {"goal_desc_human_anns_prob": 0.0, "task_types": [TASK_IDS[t] for t in self.task_types],
+                        "domain_randomization": False, "expert_type": self.expert_type},
+                "dataset": {"data_path": str(root / "train"), "eval_id_data_path": str(root / "valid_seen"),
+                            "eval_ood_data_path": str(root / "valid_unseen"), "num_train_games": -1,
+                            "num_eval_games": -1},
+                "general": {"training_method": "dagger"},
+                "dagger": {"training": {"max_nb_steps_per_episode": self.max_steps}}}
+
+    def mode(self) -> str:
+        return SPLIT_MODE["train" if self.split == "train" else self.eval_on]
+
+    def _ensure(self):
+        if self._gym is not None:
+            return self._gym
+        from alfworld.agents.environment.alfred_tw_env import AlfredTWEnv
+
+        root = self.root()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            alf = AlfredTWEnv(self.alfred_config(root), train_eval=self.mode())
+            alf.game_files = sorted(alf.game_files)  # os.walk order is the file system's
+            if not alf.game_files:
+                raise EnvConfigError(f"no ALFWorld games for split {self.mode()} under {root}")
+            self._gym = alf.init_env(batch_size=1)
+        self.game_files = list(alf.game_files)
+        return self._gym
+
+    def game_for(self, seed: int) -> str:
+        self._ensure()
+        if self.split == "eval":
+            return self.game_files[seed % len(self.game_files)]
+        return random.Random(seed).choice(self.game_files)
+
+    # --- episode ----------------------------------------------------------------------------
+    def reset(self, seed: int) -> str:
+        env = self._ensure()
+        gamefile = self.game_for(seed)
+        env.gamefiles = [gamefile]  # the batch env cycles through `gamefiles`: play this one
+        env.seed(seed)
+        obs, infos = env.reset()
+        info = {k: v[0] for k, v in infos.items()}
+        self._state = {"gamefile": gamefile, "steps": 0, "invalid": 0, "won": False, "done": False, "info": info}
+        return obs[0].strip() + self.menu(info)
+
+    def menu(self, info: dict[str, Any]) -> str:
+        cmds = self.admissible(info)
+        shown = f"\nAvailable actions: {', '.join(cmds)}." if self.show_admissible else ""
+        return shown + "\nAction:"
+
+    @staticmethod
+    def admissible(info: dict[str, Any]) -> list[str]:
+        return [c for c in info.get("admissible_commands") or [] if c != "help"]
+
+    def expert_action(self) -> str | None:
+        """The next action of ALFWorld's expert (train split only, as AlfredTWEnv attaches it)."""
+        plan = (self._state or {}).get("info", {}).get("extra.expert_plan") or []
+        return plan[0] if plan else None
+
+    def step(self, action_text: str):
+        st = self._state
+        if st is None:
+            raise RuntimeError("step() called before reset()")
+        if st["done"]:
+            raise RuntimeError("step() called after the episode ended")
+        command = normalize(action_text)
+        valid = command in (st["info"].get("admissible_commands") or [])
+        st["steps"] += 1
+        won = False
+        if valid:
+            obs, _, dones, infos = self._gym.step([command])
+            st["info"] = {k: v[0] for k, v in infos.items()}
+            won = bool(st["info"].get("won"))
+            feedback, game_done = obs[0].strip(), bool(dones[0])
+        else:
+            st["invalid"] += 1
+            feedback, game_done = INVALID_FEEDBACK, False
+        st["won"] = won
+        done = won or game_done or st["steps"] >= self.max_steps
+        st["done"] = done
+        gold = float(won) - (0.0 if valid else self.invalid_penalty) - self.step_penalty
+        reward = {"gold": gold, "success": float(won), "invalid": float(not valid), "steps": 1.0}
+        info = {"valid": valid, "won": won, "command": command, "steps": st["steps"], "gamefile": st["gamefile"],
+                "truncated": done and not won}
+        observation = None if done else "\n" + feedback + self.menu(st["info"])
+        return observation, reward, done, info
+
+    # --- warm start -------------------------------------------------------------------------
+    def demonstrations(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """Expert play on training games (AlfredTWEnv's expert, `expert_type`). The episode is
+        multi-turn, the SFT format single-turn: every expert turn gives one pair (transcript so far,
+        with each earlier answer followed by EOS as in a rollout; the expert's next command with a
+        leading space). Episodes are played until n pairs are collected."""
+        env = self if self.split == "train" else AlfWorldEnv(split="train", **self._settings())
+        rng = random.Random(seed)
+        pairs: list[tuple[str, str]] = []
+        while len(pairs) < n:
+            text = env.reset(rng.randrange(2**31))
+            done = False
+            while not done and len(pairs) < n:
+                action = env.expert_action()
+                if action is None:
+                    break
+                pairs.append((text, " " + action))
+                observation, _, done, _ = env.step(action)
+                if observation is not None:
+                    text += " " + action + EOS + observation
+        return pairs
+
+    def _settings(self) -> dict[str, Any]:
+        g = self.gen
+        return {"eval_on": self.eval_on, "data_dir": self.data_dir, "cache_dir": str(self.cache_dir),
+                "num_train": g.num_train, "num_seen": g.num_seen, "num_unseen": g.num_unseen,
+                "task_types": list(g.task_types), "unseen_fraction": g.unseen_fraction,
+                "distractors": list(g.distractors), "gen_seed": g.seed, "max_steps": self.max_steps,
+                "expert_type": self.expert_type, "show_admissible": self.show_admissible,
+                "invalid_penalty": self.invalid_penalty, "step_penalty": self.step_penalty}
+
+    def fingerprint(self) -> dict[str, Any]:
+        here = Path(__file__).parent
+        source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:16]
+        out = {k: v for k, v in self._settings().items() if k != "cache_dir"}
+        return {"name": self.name, **out, "source": source}
+
