@@ -198,6 +198,14 @@ def tournament(game: str, strategies: list[str], llm_records: dict[str, dict], l
 # the whole evaluation
 
 
+def game_row(record: GameRecord) -> dict:
+    """One game against a strategy, for per-game statistics: moves in C/D terms, total payoff,
+    invalid answers."""
+    agent, opp = record.moves()
+    return {"agent": "".join(agent), "opponent": "".join(opp), "payoff": sum(r.agent_payoff for r in record.rounds),
+            "invalid": sum(not r.valid for r in record.rounds)}
+
+
 def _fmt(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
 
@@ -219,11 +227,12 @@ def evaluate_games(cfg, policies: dict, tokenizer, out_dir: Path, step: int) -> 
                 llm_pairs[(game, a, b)] = play_llm_vs_llm(policies[a], policies[b], tokenizer, cfg, game, n,
                                                           seed=100 + 10 * i + j)
     flat: dict[str, float] = {}
-    table: dict = {"step": step, "games_per_pair": n, "rounds": rounds, "behaviour": {}, "tournament": {}}
+    table: dict = {"step": step, "games_per_pair": n, "rounds": rounds, "behaviour": {}, "games": {}, "tournament": {}}
     for name in names:
         for (game, opp), recs in records[name].items():
             m = behaviour(recs)
             table["behaviour"].setdefault(name, {}).setdefault(game, {})[opp] = m
+            table["games"].setdefault(name, {}).setdefault(game, {})[opp] = [game_row(r) for r in recs]
             flat.update({f"{name}/{game}/{opp}/{k}": v for k, v in m.items()})
         for game in games:
             m = behaviour([r for opp in opponents for r in records[name][(game, opp)]])
