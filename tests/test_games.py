@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -337,13 +338,28 @@ def test_quick_games_cooperation_claim(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (out / "report.md").read_text()
-    assert re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED): .+ measured: TitForTat", report)
+    assert re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED|INCONCLUSIVE): .+ measured: TitForTat", report)
+    assert "## Criterion history" in report and "cooperation 0.57 -> 0.79" in report
     assert (out / "cooperation_vs_step.png").stat().st_size > 1000
     from rlhf.logger import read_scalars
+    from rlhf.reproduce.claims.games_cooperation import best_reply
+    from rlhf.reproduce.claims.games_reciprocity import effect
 
     runs = {r["name"]: Path(r["run_dir"]) for r in json.loads((out / "results.json").read_text())["runs"]}
-    logged = read_scalars(runs["ppo-TitForTat"])
+    logged = read_scalars(runs["ppo-TitForTat-s0"])
     row = next(line for line in report.splitlines() if line.startswith("| TitForTat |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[1]) == pytest.approx(logged["eval/cooperation"][0][1], abs=5e-3)
     assert float(cells[2]) == pytest.approx(logged["eval/cooperation"][-1][1], abs=5e-3)
+    # the verdict's effect for Defector's payoff, recomputed from the per-game evaluation samples
+    last = int(read_scalars(runs["ppo-Defector-s0"])["eval/payoff"][-1][0])
+
+    def games(step):
+        rows = (runs["ppo-Defector-s0"] / "eval" / f"samples_step_{step:06d}.jsonl").read_text().splitlines()
+        return np.array([[r["payoff"] / 5 for r in sorted(map(json.loads, rows), key=lambda r: r["seed"])]])
+
+    best = best_reply("Defector")[1]
+    warm, trained = games(0), games(last)
+    e = effect("Defector payoff/round", np.sign(best - warm.mean()) * (trained - (warm + best) / 2))
+    assert f"Defector payoff/round: trained - (warm start + best reply 1.00) / 2, towards the best reply: " \
+           f"{e.estimate:+.4f} [95% CI {e.low:+.4f}, {e.high:+.4f}]" in report
