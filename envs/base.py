@@ -93,6 +93,7 @@ def make(name: str, **kwargs) -> TextEnv:
 
 def _import_builtin_envs() -> None:
     # Importing the modules runs their @register decorators.
+    import envs.alfworld  # noqa: F401
     import envs.code  # noqa: F401
     import envs.games  # noqa: F401
     import envs.math  # noqa: F401

@@ -188,6 +188,8 @@ def _check_combinations(cfg: DictConfig) -> None:
                           "rollout=hf (LoRA adapters into vLLM are not supported yet)")
     if cfg.env.name == "games" and cfg.reward.name != "gold":
         raise ConfigError(f"env=games is scored by its own payoffs: use reward=gold (got reward={cfg.reward.name})")
+    if cfg.env.name == "alfworld" and cfg.reward.name != "gold":
+        raise ConfigError(f"env=alfworld is scored by its own task reward: use reward=gold (got reward={cfg.reward.name})")
     if cfg.env.name == "games" and int(cfg.env.max_turns) != int(cfg.env.rounds):
         raise ConfigError(f"env=games plays one round per turn: env.max_turns ({cfg.env.max_turns}) must equal "
                           f"env.rounds ({cfg.env.rounds})")

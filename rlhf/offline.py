@@ -46,13 +46,14 @@ class Trajectory:
     response_ids: list[int]  # ends with EOS
     reward: float  # R = reward_scale * score + reward_shift
     score: float  # the verifier's score (1 correct / 0 otherwise)
+    action_mask: list[int] | None = None  # multi-turn: 1 on generated response tokens, 0 on observations
 
 
 @dataclass
 class Minibatch:
     input_ids: torch.Tensor  # [B, L] prompt + response, right-padded
     attention_mask: torch.Tensor  # [B, L]
-    action_mask: torch.Tensor  # [B, L] 1 on response tokens (the actions; EOS included)
+    action_mask: torch.Tensor  # [B, L] 1 on generated response tokens (the actions; EOS included; 0 on observations)
     returns: torch.Tensor  # [B] the terminal reward R of each trajectory
     scores: torch.Tensor  # [B] the verifier's scores
     token_texts: list[list[str]]  # decoded response tokens (step boundaries)
@@ -107,12 +108,13 @@ class OfflineRounds(Job):
         scale, shift = float(a.get("reward_scale", 1.0)), float(a.get("reward_shift", 0.0))
         data, truncated, scores = [], 0, []
         for r in lists:
-            for response, score in zip(r.responses, r.scores):
+            for i, (response, score) in enumerate(zip(r.responses, r.scores)):
                 scores.append(score)
                 if not response or response[-1] != eos:
                     truncated += 1
                     continue
-                t = Trajectory(list(r.prompt_ids), list(response), scale * float(score) + shift, float(score))
+                mask = list(r.masks[i]) if r.masks else None
+                t = Trajectory(list(r.prompt_ids), list(response), scale * float(score) + shift, float(score), mask)
                 if self.keep(t, score):
                     data.append(t)
         if not data:
@@ -140,7 +142,8 @@ class OfflineRounds(Job):
     def collate(self, trajectories: list[Trajectory]) -> Minibatch:
         ids, attention, action = prefs.collate_sequences([t.prompt_ids for t in trajectories],
                                                          [t.response_ids for t in trajectories],
-                                                         self.tokenizer.pad_token_id)
+                                                         self.tokenizer.pad_token_id,
+                                                         [t.action_mask for t in trajectories])
         texts = [[self.tokenizer.decode([tok]) for tok in t.response_ids] for t in trajectories]
         return Minibatch(ids, attention, action.float(), torch.tensor([t.reward for t in trajectories]),
                          torch.tensor([t.score for t in trajectories]), texts)

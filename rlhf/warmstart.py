@@ -101,7 +101,7 @@ def warm_start_policy(cfg, env, log=print) -> Path:
             raise FileNotFoundError(f"model.path={path} does not exist or is not a directory")
         return path
     sft = sft_settings(cfg)
-    spec = {"model": OmegaConf.merge(cfg.model, {"sft": sft}), "env": env.fingerprint(), "seed": int(sft.seed),
+    spec = {"model": OmegaConf.merge(OmegaConf.to_container(cfg.model, resolve=True), {"sft": sft}), "env": env.fingerprint(), "seed": int(sft.seed),
             "sources": source_digest(["rlhf.warmstart", "agents.models", "envs.text", "envs.base"])}
 
     def build(out: Path) -> None:

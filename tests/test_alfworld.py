@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("alfworld", reason="needs the alfworld extra: pip install -e '.[alfworld]'")
 
-from envs.alfworld import AlfWorldEnv  # noqa: E402
+from envs.alfworld import EOS, AlfWorldEnv  # noqa: E402
 from envs.alfworld import generator as gen  # noqa: E402
 
 pytestmark = pytest.mark.slow  # generating and planner-checking the games takes ~30 s on 2 cores
@@ -28,7 +28,7 @@ def root(cache):
 
 
 def make(cache, **kw):
-    return AlfWorldEnv(cache_dir=str(cache), **SETTINGS, **kw)
+    return AlfWorldEnv(cache_dir=str(cache), **SETTINGS, **{"show_admissible": True, **kw})
 
 
 def games(root: Path, folder: str) -> list[Path]:
@@ -149,10 +149,67 @@ def test_eval_splits_and_demonstrations(cache):
     assert len(seen.game_files) == SETTINGS["num_seen"] and len(unseen.game_files) == SETTINGS["num_unseen"]
     assert [seen.game_for(s) for s in range(2)] == seen.game_files  # eval seeds 0..n-1: n distinct games
     assert "/valid_unseen/" in unseen.game_files[0]
-    pairs = seen.demonstrations(12, seed=0)  # drawn from the train split
-    assert len(pairs) == 12
+    pairs = seen.demonstrations(3, seed=0)  # drawn from the train split: one pair per won expert episode
+    assert len(pairs) == 3
     for prompt, response in pairs:
         assert prompt.endswith("Action:") and response.startswith(" ")
         shown = prompt.rsplit("Available actions: ", 1)[1].rsplit(".\nAction:", 1)[0].split(", ")
-        assert response.strip() in shown
-    assert pairs == seen.demonstrations(12, seed=0)
+        assert response.strip() in shown  # the last command is admissible where it is played
+        turns = prompt.split(EOS)
+        assert len(turns) >= 2 and "Your task is to:" in turns[0]
+        for turn in turns[:-1]:  # every earlier turn ends with the command the expert played there
+            assert turn.rsplit("Action: ", 1)[1] in turn.rsplit("Available actions: ", 1)[1]
+    assert pairs == seen.demonstrations(3, seed=0)
+
+
+def test_invalid_rate_component_sums_to_the_episode_rate(cache):
+    env = make(cache, max_steps=5)
+    env.reset(4)
+    answers = ["look", "fly away", "look", "fly away", "fly away"]
+    total = sum(env.step(a)[1]["invalid_rate"] for a in answers)
+    assert total == pytest.approx(3 / 5)
+
+
+def test_observation_tokens_carry_no_loss_in_an_alfworld_episode(cache):
+    """The shared multi-turn runner on ALFWorld: an engine that answers with the expert's
+    commands wins; the masked spans are exactly the env's text (intro, then each feedback)."""
+    import torch
+
+    from rlhf.rollout.engine import Completion, SamplingParams
+    from rlhf.rollout.runner import EpisodeRunner
+    from rlhf.warmstart import train_tokenizer
+
+    env = make(cache, show_admissible=False, max_steps=60)
+    tokenizer = train_tokenizer([p + r for p, r in env.demonstrations(2, seed=1)], 400)
+    seen: list[str] = []
+
+    class Expert:  # an engine whose "policy" is ALFWorld's expert
+        def generate(self, prompts, sampling):
+            ids = tokenizer(" " + env.expert_action(), add_special_tokens=False)["input_ids"]
+            return [Completion(ids + [tokenizer.eos_token_id], [-0.5] * (len(ids) + 1), "stop")]
+
+    real_reset, real_step = env.reset, env.step
+
+    def reset(seed):
+        seen.append(real_reset(seed))
+        return seen[-1]
+
+    def step(text):
+        out = real_step(text)
+        if out[0] is not None:
+            seen.append(out[0])
+        return out
+
+    env.reset, env.step = reset, step
+    episode = EpisodeRunner(Expert(), tokenizer, SamplingParams(max_new_tokens=16), max_turns=60).run([env], [3])[0]
+    assert episode.done and episode.infos[-1]["won"] and all(info["valid"] for info in episode.infos)
+    spans, current, flag = [], [], episode.action_mask[0]
+    for tok, m in zip(episode.token_ids, episode.action_mask):
+        if m != flag:
+            spans.append((flag, current))
+            current, flag = [], m
+        current.append(tok)
+    spans.append((flag, current))
+    assert [ids for m, ids in spans if m == 0] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in seen]
+    assert all(lp == 0.0 for lp, m in zip(episode.logprobs, episode.action_mask) if m == 0)
+    assert torch.tensor(episode.action_mask).sum() == sum(len(ids) for m, ids in spans if m == 1)

@@ -90,7 +90,7 @@ def test_cli_names_valid_group_options_and_checks_learning_rates():
     bad_group = subprocess.run([sys.executable, "-m", "rlhf.train", "env=atari"], capture_output=True, text=True,
                                timeout=120)
     assert bad_group.returncode == 2
-    assert "env=atari is not an option. Did you mean env=mario? Valid choices: code, games, mario, math" in \
+    assert "env=atari is not an option. Did you mean env=mario? Valid choices: alfworld, code, games, mario, math" in \
         bad_group.stderr
     assert "HYDRA_FULL_ERROR" not in bad_group.stderr
     from rlhf.config import ConfigError, compose, validate

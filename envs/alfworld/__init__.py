@@ -33,6 +33,7 @@ Reward components (a dict per step; sums over the episode are what gets logged):
   success  1 on the step that completes the task (episode sum = success rate)
   invalid  1 per invalid answer (episode sum = number of invalid answers)
   steps    1 per answer (episode sum = episode length)
+  invalid_rate  the change in (invalid answers / answers) this step (episode sum = its invalid rate)
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import hashlib
 import io
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +75,7 @@ class AlfWorldEnv(TextEnv):
     def __init__(self, split: str = "train", eval_on: str = "seen", data_dir: str | None = None,
                  cache_dir: str = ".cache/alfworld", num_train: int = 100, num_seen: int = 20, num_unseen: int = 20,
                  task_types=tuple(TASK_IDS), unseen_fraction: float = 0.2, distractors=(4, 10), gen_seed: int = 0,
-                 max_steps: int = 30, expert_type: str = "planner", show_admissible: bool = True,
+                 max_steps: int = 30, expert_type: str = "planner", show_admissible: bool = False, corpus_episodes: int = 50,
                  invalid_penalty: float = 0.0, step_penalty: float = 0.0, max_turns: int | None = None, **_: Any):
         if split not in ("train", "eval"):
             raise EnvConfigError(f"env split '{split}' unknown; valid choices: train, eval")
@@ -94,6 +96,7 @@ class AlfWorldEnv(TextEnv):
         self.expert_type, self.show_admissible = expert_type, bool(show_admissible)
         self.invalid_penalty, self.step_penalty = float(invalid_penalty), float(step_penalty)
         self.data_dir = data_dir
+        self.corpus_episodes = int(corpus_episodes)
         _prepare_dirs(self.cache_dir)
         from envs.alfworld.generator import GenSettings
 
@@ -134,6 +137,9 @@ class AlfWorldEnv(TextEnv):
             return self._gym
         from alfworld.agents.environment.alfred_tw_env import AlfredTWEnv
 
+        from envs.alfworld.generator import memoize_textgen
+
+        memoize_textgen()
         root = self.root()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             alf = AlfredTWEnv(self.alfred_config(root), train_eval=self.mode())
@@ -158,7 +164,8 @@ class AlfWorldEnv(TextEnv):
         env.seed(seed)
         obs, infos = env.reset()
         info = {k: v[0] for k, v in infos.items()}
-        self._state = {"gamefile": gamefile, "steps": 0, "invalid": 0, "won": False, "done": False, "info": info}
+        self._state = {"gamefile": gamefile, "steps": 0, "invalid": 0, "won": False, "done": False, "info": info,
+                       "rate": 0.0}
         return obs[0].strip() + self.menu(info)
 
     def menu(self, info: dict[str, Any]) -> str:
@@ -197,7 +204,10 @@ class AlfWorldEnv(TextEnv):
         done = won or game_done or st["steps"] >= self.max_steps
         st["done"] = done
         gold = float(won) - (0.0 if valid else self.invalid_penalty) - self.step_penalty
-        reward = {"gold": gold, "success": float(won), "invalid": float(not valid), "steps": 1.0}
+        rate = st["invalid"] / st["steps"]  # telescoping: the episode's sum is its invalid rate so far
+        reward = {"gold": gold, "success": float(won), "invalid": float(not valid), "steps": 1.0,
+                  "invalid_rate": rate - st["rate"]}
+        st["rate"] = rate
         info = {"valid": valid, "won": won, "command": command, "steps": st["steps"], "gamefile": st["gamefile"],
                 "truncated": done and not won}
         observation = None if done else "\n" + feedback + self.menu(st["info"])
@@ -205,25 +215,36 @@ class AlfWorldEnv(TextEnv):
 
     # --- warm start -------------------------------------------------------------------------
     def demonstrations(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """Expert play on training games (AlfredTWEnv's expert, `expert_type`). The episode is
-        multi-turn, the SFT format single-turn: every expert turn gives one pair (transcript so far,
-        with each earlier answer followed by EOS as in a rollout; the expert's next command with a
-        leading space). Episodes are played until n pairs are collected."""
+        """n expert episodes on training games (AlfredTWEnv's expert, `expert_type`), won ones
+        only. One pair per episode: the whole transcript up to the expert's last command (each
+        earlier command followed by EOS, exactly as a rollout lays the turns out) and that last
+        command. SFT's loss covers prompt and response, so one pair trains every turn of the
+        episode once (per-turn pairs would repeat each transcript prefix once per turn)."""
         env = self if self.split == "train" else AlfWorldEnv(split="train", **self._settings())
         rng = random.Random(seed)
         pairs: list[tuple[str, str]] = []
+        start, played = time.time(), 0
         while len(pairs) < n:
-            text = env.reset(rng.randrange(2**31))
-            done = False
-            while not done and len(pairs) < n:
+            if played and played % 25 == 0:
+                print(f"[alfworld] expert episodes: {played} played, {len(pairs)}/{n} won ({time.time() - start:.0f}s)",
+                      flush=True)
+            played += 1
+            text, action, done, info = env.reset(rng.randrange(2**31)), None, False, {}
+            while not done:
+                if action is not None:
+                    text += " " + action + EOS + observation
                 action = env.expert_action()
                 if action is None:
                     break
+                observation, _, done, info = env.step(action)
+            if info.get("won"):
                 pairs.append((text, " " + action))
-                observation, _, done, _ = env.step(action)
-                if observation is not None:
-                    text += " " + action + EOS + observation
         return pairs
+
+    def corpus(self, n: int, seed: int) -> list[str]:
+        """The tokenizer's corpus: transcripts of at most `corpus_episodes` expert episodes (an
+        episode is ~30 SFT-pairs' worth of text, and expert steps cost ~0.1 s)."""
+        return [p + r for p, r in self.demonstrations(min(int(n), self.corpus_episodes), seed)]
 
     def _settings(self) -> dict[str, Any]:
         g = self.gen
@@ -232,7 +253,8 @@ class AlfWorldEnv(TextEnv):
                 "task_types": list(g.task_types), "unseen_fraction": g.unseen_fraction,
                 "distractors": list(g.distractors), "gen_seed": g.seed, "max_steps": self.max_steps,
                 "expert_type": self.expert_type, "show_admissible": self.show_admissible,
-                "invalid_penalty": self.invalid_penalty, "step_penalty": self.step_penalty}
+                "invalid_penalty": self.invalid_penalty, "step_penalty": self.step_penalty,
+                "corpus_episodes": self.corpus_episodes}
 
     def fingerprint(self) -> dict[str, Any]:
         here = Path(__file__).parent

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,29 @@ def game_data(goal: Goal, problem: str, seed: int) -> dict[str, Any]:
             "solvable": False}
 
 
+def memoize_textgen() -> None:
+    """TextWorld's PDDL engine re-parses the same grammar templates (with tatsu) for every
+    admissible command at every step. Memoizing the parse (kept pickled, so every call still
+    gets fresh symbols to attach its context to) gives byte-identical games 2.5x faster:
+    0.217 -> 0.085 s per expert step, measured on loaded cores."""
+    import pickle
+
+    import textworld.envs.pddl.textgen as textgen
+
+    if getattr(textgen._parse_and_convert, "memoized", False):
+        return
+    parse, memo = textgen._parse_and_convert, {}
+
+    def parse_and_convert(text, rule_name="symbols", trace=False):
+        key = (text, rule_name, trace)
+        if key not in memo:
+            memo[key] = pickle.dumps(parse(text, rule_name=rule_name, trace=trace))
+        return pickle.loads(memo[key])
+
+    parse_and_convert.memoized = True
+    textgen._parse_and_convert = parse_and_convert
+
+
 def planner_plan(gamefile: str | Path, max_steps: int = 100) -> list[str] | None:
     """Play the game with ALFWorld's planner expert (AlfredExpert, type planner): the commands
     that won, or None when the planner finds no plan or does not win within max_steps. The
@@ -269,6 +293,7 @@ def planner_plan(gamefile: str | Path, max_steps: int = 100) -> list[str] | None
     import textworld.gym
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
 
+    memoize_textgen()
     infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile", "expert_plan"])
     env_id = textworld.gym.register_game(str(gamefile), infos, max_episode_steps=max_steps, asynchronous=False,
                                          wrappers=[AlfredDemangler(), AlfredInfos, AlfredExpert("planner")])
@@ -325,7 +350,7 @@ def generate_split(root: Path, split: str, n: int, goals: list[Goal], rooms: dic
     written: list[Path] = []
     by_task = {t: [g for g in goals if g.task == t] for t in settings.task_types}
     tasks = [t for t in settings.task_types if by_task[t]]
-    attempt = 0
+    attempt, start = 0, time.time()
     while len(written) < n:
         if attempt > 20 * n + 50:
             raise RuntimeError(f"alfworld generator: only {len(written)}/{n} solvable {split} games")
@@ -356,6 +381,8 @@ def generate_split(root: Path, split: str, n: int, goals: list[Goal], rooms: dic
         gamefile.write_text(json.dumps(data))
         (game_dir / "expert_plan.json").write_text(json.dumps(plan))
         written.append(gamefile)
+        if len(written) % 10 == 0 or len(written) == n:
+            print(f"[alfworld] {split}: {len(written)}/{n} games ({time.time() - start:.0f}s)", flush=True)
     return written
 
 
@@ -376,6 +403,9 @@ def ensure_games(cache_dir: str | Path, settings: GenSettings) -> Path:
         return final
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    total = settings.num_train + settings.num_seen + settings.num_unseen
+    print(f"[alfworld] generating {total} games in ALFWorld's format, each checked by the planner "
+          f"(~2 s a game, once) -> {final}", flush=True)
     generate(tmp, settings)
     (tmp / "settings.json").write_text(json.dumps(settings.as_dict(), indent=2))
     (tmp / "DONE").write_text("ok\n")

@@ -37,6 +37,8 @@ class RankedList:
     responses: list[list[int]]  # response token ids (the tokens that carry the loss)
     scores: list[float]  # one per response, higher is better
     texts: list[str] | None = None  # decoded responses (for dedup and logs), when known
+    masks: list[list[int]] | None = None  # multi-turn: per response token, 1 if the policy generated it, 0 on the
+    #                                        env's observation tokens between turns (None: all generated)
 
     def order(self) -> list[int]:
         """Indices best first; ties keep their original order (deterministic)."""
@@ -126,9 +128,11 @@ def sample_lists(runner, make_env, seeds: list[int], k: int, score, log=print, c
         episodes = runner.run([make_env() for _ in repeated], repeated)
         for i in range(len(part)):
             group = episodes[i * k:(i + 1) * k]
+            masks = [ep.action_mask[ep.prompt_len:] for ep in group]
             lists.append(RankedList(group[0].token_ids[:group[0].prompt_len],
                                     [ep.token_ids[ep.prompt_len:] for ep in group],
-                                    [float(score(ep)) for ep in group], [ep.action_texts[-1] for ep in group]))
+                                    [float(score(ep)) for ep in group], [ep.action_texts[-1] for ep in group],
+                                    masks if any(0 in m for m in masks) else None))
         log(f"[prefs] sampled {len(lists)}/{len(seeds)} prompts x {k} ({time.time() - start:.0f}s)")
     return lists
 
@@ -174,9 +178,11 @@ def curriculum_stages(lists: list[RankedList]) -> list[list[Pair]]:
 
 # --- tensors ----------------------------------------------------------------------------------
 
-def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+                      masks: list[list[int] | None] | None = None):
     """Right-padded prompt+response: (input_ids, attention_mask, response_mask) [N, L]; the
-    response mask marks the positions of response tokens (aligned like token_logprobs)."""
+    response mask marks the positions of response tokens (aligned like token_logprobs), or of
+    the generated ones among them where a multi-turn response has a mask (observations: 0)."""
     width = max(len(p) + len(r) for p, r in zip(prompts, responses))
     n = len(prompts)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -185,5 +191,6 @@ def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_
     for i, (p, r) in enumerate(zip(prompts, responses)):
         input_ids[i, :len(p) + len(r)] = torch.tensor(p + r)
         attention[i, :len(p) + len(r)] = 1
-        response_mask[i, len(p):len(p) + len(r)] = 1.0
+        mask = masks[i] if masks is not None and masks[i] is not None else [1] * len(r)
+        response_mask[i, len(p):len(p) + len(r)] = torch.tensor(mask, dtype=torch.float32)
     return input_ids, attention, response_mask
