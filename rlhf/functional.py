@@ -70,6 +70,22 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
     return F.pad(logp, (1, 0))
 
 
+def action_token_logprobs(hidden: torch.Tensor, head, input_ids: torch.Tensor, action_mask: torch.Tensor,
+                          temperature: float = 1.0, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """token_logprobs (and token_entropy) at the positions where action_mask is 1, 0 elsewhere,
+    from the last hidden states [B, L, d] and the LM head: the head and the log-softmax run
+    only on the hidden states that predict a generated token (position t-1 for token t)."""
+    rows, cols = action_mask[:, 1:].nonzero(as_tuple=True)
+    logp_all = F.log_softmax(head(hidden[rows, cols]).float() / temperature, dim=-1)
+    taken = logp_all.gather(-1, input_ids[rows, cols + 1].unsqueeze(-1)).squeeze(-1)
+    at = (rows, cols + 1)
+    logp = torch.zeros(action_mask.shape, dtype=taken.dtype, device=taken.device).index_put(at, taken)
+    if not entropy:
+        return logp, None
+    ent = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, torch.zeros_like(logp).index_put(at, ent)
+
+
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of the next-token distribution, aligned like token_logprobs."""
     logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)

@@ -12,10 +12,11 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from agents.models import lm_forward
-from rlhf.functional import token_logprobs
+from agents.models import lm_forward, position_ids_from_mask
+from rlhf.functional import action_token_logprobs, token_entropy, token_logprobs
 from rlhf.rollout.batch import Batch
 
 
@@ -61,9 +62,18 @@ class Algorithm:
         logits = lm_forward(model, batch.input_ids, batch.attention_mask)
         return token_logprobs(logits, batch.input_ids, self.temperature), logits
 
+    def action_logprobs(self, model: nn.Module, batch: Batch,
+                        entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(log-probs, entropies or None) per token at the rollout temperature, on generated
+        tokens only (0 elsewhere); grads flow if enabled. The LM head, log-softmax and entropy
+        run on the rows of generated tokens alone (a third of a padded batch's cells): the
+        same numbers as `logprobs` there, bit for bit in the forward pass (docs/profile.md)."""
+        return action_forward(model, batch.input_ids, batch.attention_mask, batch.action_mask,
+                              self.temperature, entropy)
+
     @torch.no_grad()
     def frozen_logprobs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return self.logprobs(model, batch)[0]
+        return self.action_logprobs(model, batch)[0]
 
     def old_logprobs(self, batch: Batch) -> torch.Tensor:
         """pi_old: the trainer's recomputation when it made one, else computed here."""
@@ -72,9 +82,39 @@ class Algorithm:
         return self.frozen_logprobs(self.policy, batch)
 
 
+# Causal LMs whose logits are exactly `get_output_embeddings()(last hidden state)` (no logit
+# scaling or soft-capping in the head): only these take the generated-tokens-only head.
+PLAIN_HEAD_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+
+
+def action_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   action_mask: torch.Tensor, temperature: float = 1.0,
+                   entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher-forced log-probs (and entropies) of the tokens where action_mask is 1, with the
+    LM head applied only at the positions that predict them; 0 elsewhere. Models outside
+    PLAIN_HEAD_MODEL_TYPES take the full forward and are masked the same way."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES and head is not None:
+        # right padding: columns past the longest row are padding in every row; drop them
+        width, full = int(attention_mask.sum(-1).max()), input_ids.shape[1]
+        ids, mask = input_ids[:, :width], attention_mask[:, :width]
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                                     use_cache=False).last_hidden_state
+        logp, ent = action_token_logprobs(hidden, head, ids, action_mask[:, :width], temperature, entropy)
+        return F.pad(logp, (0, full - width)), None if ent is None else F.pad(ent, (0, full - width))
+    logits = lm_forward(model, input_ids, attention_mask)
+    keep = action_mask.bool()
+    logp = torch.where(keep, token_logprobs(logits, input_ids, temperature), 0.0)
+    if not entropy:
+        return logp, None
+    return logp, torch.where(keep, token_entropy(logits, temperature), 0.0)
+
+
 def make_optimizer(params, algo_cfg) -> torch.optim.Optimizer:
     betas = tuple(float(b) for b in algo_cfg.get("adam_betas", (0.9, 0.999)))
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=float(algo_cfg.lr),
+    # foreach: one kernel per op over all tensors instead of a Python loop over parameters;
+    # the same arithmetic, bit for bit, as the per-tensor loop on CPU (docs/profile.md)
+    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=float(algo_cfg.lr), foreach=True,
                              betas=betas, eps=float(algo_cfg.get("adam_eps", 1e-8)),
                              weight_decay=float(algo_cfg.get("weight_decay", 0.0)))
 

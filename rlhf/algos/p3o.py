@@ -103,7 +103,7 @@ class P3O(Algorithm):
             for pairs in minibatch_indices(n_pairs, n_minibatches, self.generator):
                 rows = torch.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)
                 mb, m = batch.select(rows), mask[rows]
-                logp, _ = self.logprobs(self.policy, mb)
+                logp, _ = self.action_logprobs(self.policy, mb)
                 kl_source = logp.detach() if a.kl_from == "current" else old_logp[rows]
                 seq_kl = masked_sum(kl_estimate(kl_source, ref_logp[rows], "k1", clamp=1e9), m, dim=-1)
                 r = rewards[rows]

@@ -28,7 +28,7 @@ from agents.models import ValueModel
 from rlhf.algos.base import Algorithm, KLController, make_optimizer, minibatch_indices, optimizer_step
 from rlhf.config import ConfigError
 from rlhf.functional import (clipped_policy_loss, clipped_value_loss, gae, kl_estimate, masked_mean,
-                             masked_sum, masked_whiten, token_entropy)
+                             masked_sum, masked_whiten)
 from rlhf.rollout.batch import Batch
 
 
@@ -112,14 +112,14 @@ class PPO(Algorithm):
         for _ in range(int(a.epochs)):
             for idx in minibatch_indices(len(batch), int(a.minibatches), self.generator):
                 mb, m = batch.select(idx), mask[idx]
-                logp, logits = self.logprobs(self.policy, mb)
+                logp, token_ent = self.action_logprobs(self.policy, mb, entropy=True)
                 pg_loss, pg_stats = clipped_policy_loss(logp, old_logp[idx], advantages[idx], m, float(a.clip))
                 values = self.critic.values(mb.input_ids, mb.attention_mask)
                 vf_loss, vf_stats = clipped_value_loss(values, old_values[idx], returns[idx], m, float(a.value_clip))
                 loss = pg_loss + float(a.vf_coef) * vf_loss
                 if a.kl_penalty == "loss":
                     loss = loss + beta * masked_mean(kl_estimate(logp, ref_logp[idx], "k3"), m)
-                entropy = masked_mean(token_entropy(logits, self.temperature), m)
+                entropy = masked_mean(token_ent, m)
                 if a.entropy_coef:
                     loss = loss - float(a.entropy_coef) * entropy
                 grad_norm = optimizer_step(self.optimizer, loss, float(a.max_grad_norm))
