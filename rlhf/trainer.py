@@ -4,7 +4,8 @@ checkpoint, for every RL algorithm on every text environment.
     config -> Trainer -> env(s), policy (+ frozen reference), reward source, engine, algorithm
     each phase:
         episodes = rollout.run(prompt seeds)             # token-in / token-out (rlhf.launch: local or Ray)
-        batch    = collate(episodes); batch.old_logprobs = trainer forward (pi_old)
+        batch    = collate(episodes); batch.old_logprobs = pi_old (engine's behaviour log-probs
+                   when provably the policy's own, else a trainer forward)
         turn_rewards = reward source(episodes, batch)     # what the algorithm optimizes
         metrics  = algorithm.step(batch, turn_rewards)
         rollout.sync(policy, version=step)               # into every engine copy
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from agents.models import apply_lora, frozen_copy, load_lm, load_tokenizer
 from envs import base as env_base
@@ -27,11 +29,12 @@ from rlhf.harness import run as run_job
 from rlhf.launch import make_rollout
 from rlhf.rewards import EnsembleReward, build_reward_source
 from rlhf.rollout.batch import collate
-from rlhf.rollout.engine import HFEngine, build_sync_probe, check_weight_sync
+from rlhf.rollout.engine import HFEngine, SamplingParams, behaviour_is_policy, build_sync_probe, check_weight_sync
 from rlhf.rollout.guidance import decoding_processors
 from rlhf.warmstart import warm_start_policy
 
 log = logging.getLogger("rlhf")
+GAP_CHECK_ROWS = 4  # episodes re-scored each phase to measure rollout/logp_diff_max when pi_old is reused
 
 
 class Trainer(Job):
@@ -58,6 +61,10 @@ class Trainer(Job):
         # engine + environments: in this process (launcher=local) or in Ray actors (launcher=ray)
         self.rollout = make_rollout(cfg, policy, self.tokenizer, self.policy_dir, self.num_episodes)
         self.sync_probe = self.build_sync_probe(probe_env)
+        # pi_old = the engine's behaviour log-probs where they are provably the policy's own
+        # (rollout.behaviour_as_old_logprobs, on by default): one no-grad forward less per phase
+        self.reuse_behaviour = bool(cfg.rollout.get("behaviour_as_old_logprobs", True)) and behaviour_is_policy(
+            getattr(self.rollout, "engine", None), policy, SamplingParams.from_config(cfg.rollout))
         self.sync_gap = self.check_sync()  # the engine must start from the policy's weights too
         self.prompt_counter = 0
         # Building warm starts consumes random numbers only when they are not cached yet:
@@ -83,8 +90,20 @@ class Trainer(Job):
         scorer = self.rollout if hasattr(self.rollout, "score") else getattr(self.rollout, "engine", None)
         if scorer is None:
             return float("nan")  # a backend that cannot score the probe (yet)
+        engine = getattr(self.rollout, "engine", None)
+        if isinstance(engine, HFEngine) and engine.model is self.policy:
+            return 0.0  # the engine generates with the trainer's own module: the same forward, so the gap is 0
         return check_weight_sync(scorer, self.policy, self.sync_probe, self.tokenizer.pad_token_id,
                                  self.cfg.rollout.get("sync_check_threshold"))
+
+    def old_logprobs(self, batch) -> tuple:
+        """(pi_old per token, max |behaviour - teacher-forced| gap on generated tokens). With
+        reuse_behaviour the behaviour log-probs are pi_old and the gap is measured on the first
+        GAP_CHECK_ROWS episodes only; otherwise on the whole recomputed batch."""
+        checked = batch.select(torch.arange(min(len(batch), GAP_CHECK_ROWS))) if self.reuse_behaviour else batch
+        recomputed = self.algo.frozen_logprobs(self.policy, checked)
+        gap = ((recomputed - checked.behaviour_logprobs).abs() * checked.action_mask).max()
+        return (batch.behaviour_logprobs if self.reuse_behaviour else recomputed), gap
 
     # --- prompts ---------------------------------------------------------------------------
     def next_prompt_seeds(self) -> list[int]:
@@ -102,8 +121,7 @@ class Trainer(Job):
         batch = collate(episodes, self.tokenizer.pad_token_id)
         turn_rewards, metrics = self.reward(episodes, batch)
         t_score = time.time() - t0 - t_gen
-        batch.old_logprobs = self.algo.frozen_logprobs(self.policy, batch)
-        gap = ((batch.old_logprobs - batch.behaviour_logprobs).abs() * batch.action_mask).max()
+        batch.old_logprobs, gap = self.old_logprobs(batch)
         t1 = time.time()
         metrics.update(self.algo.step(batch, turn_rewards))
         t_train = time.time() - t1

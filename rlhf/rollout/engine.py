@@ -184,6 +184,18 @@ class HFEngine(Engine):
 
 
 
+def behaviour_is_policy(engine: Engine | None, policy: torch.nn.Module, sampling: SamplingParams) -> bool:
+    """True when the engine's behaviour log-probs are the policy's teacher-forced log-probs at
+    the sampling temperature, up to float rounding: an HF engine that shares the policy's module
+    (so no sync can lag), samples with a temperature alone (no top-k / top-p / extra processors,
+    which would make the sampling distribution differ from pi) and fp32 weights (the cached and
+    the teacher-forced pass then agree to ~1e-6 per token; rollout/logp_diff_max keeps measuring it).
+    The trainer then takes them as pi_old instead of recomputing (docs/profile.md)."""
+    return (isinstance(engine, HFEngine) and engine.model is policy and not engine.extra_processors
+            and sampling.temperature > 0 and sampling.top_k == 0 and sampling.top_p >= 1.0
+            and all(p.dtype == torch.float32 for p in policy.parameters()))
+
+
 # --- the checked weight sync (stale or corrupt engine weights otherwise fail silently) ---
 
 def score_with_model(model: torch.nn.Module, sequences: list[list[int]], prompt_lens: list[int],

@@ -1,0 +1,145 @@
+"""The throughput paths of docs/profile.md give the numbers of the plain paths they replace.
+
+(a) log-probs from the LM head on generated positions only (rlhf.algos.base.action_forward)
+equal the full-logits path bit for bit at generated tokens, with 0 elsewhere, on batches with
+trailing padding columns; entropies and gradients agree to float rounding; a model type outside
+the plain-head list takes the full forward and gives the same values. (b) AdamW with foreach
+kernels takes the same steps, bit for bit, as the per-tensor loop. (c) The engine's behaviour
+log-probs are taken as pi_old only when provably the policy's own, and then agree with the
+teacher-forced pass to float rounding.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from agents.models import lm_forward
+from rlhf.algos.base import PLAIN_HEAD_MODEL_TYPES, action_forward
+from rlhf.functional import token_entropy, token_logprobs
+from rlhf.rollout.engine import HFEngine, SamplingParams, behaviour_is_policy
+
+from tests.tiny import PAD, VOCAB, Vocab, make_batch, tiny_lm
+
+
+def plain(model, batch, temperature):
+    """The path the fast one replaces: full logits, then log-probs and entropies at every cell."""
+    logits = lm_forward(model, batch.input_ids, batch.attention_mask)
+    return token_logprobs(logits, batch.input_ids, temperature), token_entropy(logits, temperature)
+
+
+def padded_batch():
+    """Rows of different lengths, plus two padding columns past the longest row."""
+    torch.manual_seed(3)
+    prompts = [[1, 5, 7], [2, 9], [3, 4, 6, 8], [10]]
+    responses = [torch.randint(1, VOCAB, (n,)).tolist() for n in (5, 1, 3, 7)]
+    batch = make_batch(prompts, responses)
+    grow = lambda t, v: torch.nn.functional.pad(t, (0, 2), value=v)  # noqa: E731
+    batch.input_ids, batch.attention_mask = grow(batch.input_ids, PAD), grow(batch.attention_mask, 0)
+    batch.action_mask, batch.turn_end_mask = grow(batch.action_mask, 0.0), grow(batch.turn_end_mask, 0.0)
+    batch.behaviour_logprobs = grow(batch.behaviour_logprobs, 0.0)
+    return batch
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_generated_positions_only_equals_full_logits(temperature):
+    model, batch = tiny_lm(0), padded_batch()
+    assert model.config.model_type in PLAIN_HEAD_MODEL_TYPES
+    keep = batch.action_mask.bool()
+    with torch.no_grad():
+        full_logp, full_ent = plain(model, batch, temperature)
+        logp, ent = action_forward(model, batch.input_ids, batch.attention_mask, batch.action_mask, temperature,
+                                   entropy=True)
+    assert logp.shape == ent.shape == batch.input_ids.shape
+    assert torch.equal(logp[keep], full_logp[keep])  # the same forward, bit for bit
+    assert torch.equal(logp[~keep], torch.zeros_like(logp[~keep]))
+    torch.testing.assert_close(ent[keep], full_ent[keep], rtol=1e-6, atol=1e-6)
+    assert torch.equal(ent[~keep], torch.zeros_like(ent[~keep]))
+
+
+def test_gradients_agree():
+    model, batch = tiny_lm(1), padded_batch()
+    weights = torch.linspace(-1.0, 1.0, len(batch))[:, None] * batch.action_mask
+
+    def grads(fast: bool):
+        m = copy.deepcopy(model).train()
+        if fast:
+            logp, ent = action_forward(m, batch.input_ids, batch.attention_mask, batch.action_mask, 1.0, True)
+        else:
+            logp, ent = plain(m, batch, 1.0)
+        ((logp + 0.1 * ent) * weights).sum().backward()
+        return {n: p.grad for n, p in m.named_parameters()}
+
+    fast, full = grads(True), grads(False)
+    for name in full:  # the head's weight gradient sums fewer rows: float rounding only
+        torch.testing.assert_close(fast[name], full[name], rtol=1e-5, atol=1e-6)
+
+
+def test_other_model_types_take_the_full_forward():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+    assert model.config.model_type not in PLAIN_HEAD_MODEL_TYPES
+    batch = padded_batch()
+    keep = batch.action_mask.bool()
+    with torch.no_grad():
+        full_logp, full_ent = plain(model, batch, 1.0)
+        logp, ent = action_forward(model, batch.input_ids, batch.attention_mask, batch.action_mask, 1.0, True)
+    assert torch.equal(logp[keep], full_logp[keep]) and torch.equal(ent[keep], full_ent[keep])
+    assert not logp[~keep].any()
+
+
+def test_foreach_adamw_is_the_per_tensor_loop():
+    from omegaconf import OmegaConf
+
+    from rlhf.algos.base import make_optimizer
+
+    cfg = OmegaConf.create({"lr": 3e-4, "adam_betas": [0.9, 0.95], "adam_eps": 1e-5, "weight_decay": 1e-6})
+    a, b = tiny_lm(2), tiny_lm(2)
+    fast = make_optimizer(a.parameters(), cfg)
+    loop = torch.optim.AdamW(list(b.parameters()), lr=3e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=1e-6,
+                             foreach=False)
+    assert fast.defaults["foreach"] is True
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pa.grad = torch.randn(pa.shape, generator=generator)
+            pb.grad = pa.grad.clone()
+        fast.step()
+        loop.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_behaviour_logprobs_reused_only_when_they_are_the_policy():
+    model = tiny_lm(4)
+    engine = HFEngine(model, Vocab(range(VOCAB)))
+    plain_sampling = SamplingParams(temperature=0.8, max_new_tokens=4)
+    assert behaviour_is_policy(engine, model, plain_sampling)
+    assert not behaviour_is_policy(engine, model, SamplingParams(temperature=0.8, top_k=5))  # truncated sampling
+    assert not behaviour_is_policy(engine, model, SamplingParams(temperature=0.8, top_p=0.9))
+    assert not behaviour_is_policy(engine, model, SamplingParams(temperature=0.0))  # greedy: no distribution
+    assert not behaviour_is_policy(HFEngine(copy.deepcopy(model), Vocab(range(VOCAB))), model, plain_sampling)
+    assert not behaviour_is_policy(HFEngine(model, Vocab(range(VOCAB)), extra_processors=[object()]), model,
+                                   plain_sampling)
+    assert not behaviour_is_policy(None, model, plain_sampling)  # engines in other processes (launcher=ray)
+    assert not behaviour_is_policy(engine, copy.deepcopy(model).double(), plain_sampling)
+
+
+def test_reused_behaviour_logprobs_match_the_teacher_forced_pass():
+    """What the trainer takes as pi_old when behaviour_is_policy holds: the engine's log-probs
+    of its own samples, equal to the teacher-forced pass to float rounding."""
+    model = tiny_lm(5)
+    vocab = Vocab(range(VOCAB))
+    engine = HFEngine(model, vocab)
+    prompts = [[1, 5, 7], [2, 9], [3, 4, 6, 8], [10]]
+    torch.manual_seed(0)
+    completions = engine.generate(prompts, SamplingParams(temperature=0.8, max_new_tokens=6))
+    batch = make_batch(prompts, [c.token_ids for c in completions])
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        batch.behaviour_logprobs[i, len(p):len(p) + len(c.token_ids)] = torch.tensor(c.logprobs)
+    with torch.no_grad():
+        logp, _ = action_forward(model, batch.input_ids, batch.attention_mask, batch.action_mask, 0.8)
+    gap = ((logp - batch.behaviour_logprobs).abs() * batch.action_mask).max()
+    assert gap < 1e-5
