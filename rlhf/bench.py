@@ -4,14 +4,18 @@
     python -m rlhf.bench --quick         # a smoke run (~2 min): smaller model warm start, batch, lengths
     python -m rlhf.bench --device cuda   # the same measurements on a GPU
     python -m rlhf.bench --skip trl,vllm rollout.max_new_tokens=64   # drop parts; Hydra overrides last
+    python -m rlhf.bench --sizes tiny,4m,30m --skip vllm,rollout threads=1   # the model-size axis (~25 min)
 
 (a) rollout: tokens/s of our HF engine vs raw `model.generate`, and of our vLLM engine vs raw
     `vllm.LLM.generate` on the same LLM instance, same prompts, lengths and sampling
     (temperature 1, per-token logprobs requested from both vLLM paths); overhead = raw/ours - 1.
 (b) training: seconds per phase (rollout + reward + update + sync) of our PPO and P3O, and of
     TRL's GRPOTrainer at the same model, prompts per phase, group size (2), lengths, learning
-    rate, KL coefficient, and optimization work per phase (epochs x minibatches optimizer steps).
-    Rewards: the env's gold scorer for both (no reward model, so no side gets an extra network).
+    rate, KL coefficient, and optimizer steps per phase on minibatches of the same size: PPO's
+    epochs x minibatches (P3O's pair minibatches are set to match), and, in a second column,
+    one optimizer step per phase, where phase time / generation time shows the framework's
+    overhead over sampling. Rewards: the env's gold scorer for all (no reward network).
+(d) sizes (--sizes): (b) for Qwen2 shapes of ~0.2M (tiny), ~4M and ~30M parameters.
 (c) memory: peak RSS *increase* over the process's RSS when each measurement starts (sampled
     every 5 ms; weights loaded before are not counted), plus torch's peak on CUDA.
 
@@ -225,16 +229,33 @@ def trl_grpo(policy_dir: Path, tokenizer, prompts_text: list[str], cfg, phases: 
     trainer.train()
 
 
+def arm_overrides(cfg_overrides: list[str], one_step: bool) -> dict[str, list[str]]:
+    """Per-algorithm overrides so every trainer (and TRL, which follows PPO's settings) takes the
+    same optimizer steps on the same minibatch size each phase: PPO's epochs x minibatches
+    (4 x 4 of 16 samples by default; P3O then takes minibatches of the same number of samples),
+    or one step on the whole phase (one_step)."""
+    from rlhf.config import compose
+
+    cfg = compose([*cfg_overrides, "algo=ppo"])
+    epochs, minibatches, prompts = int(cfg.algo.epochs), int(cfg.algo.minibatches), int(cfg.train.prompts_per_step)
+    if one_step:
+        return {"ppo": ["algo.epochs=1", "algo.minibatches=1"],
+                "p3o": ["algo.epochs=1", f"algo.minibatch_pairs={prompts}"]}
+    return {"ppo": [], "p3o": [f"algo.epochs={epochs}", f"algo.minibatch_pairs={max(1, prompts // minibatches)}"]}
+
+
 def bench_training(cfg_overrides: list[str], phases: int, skip: set[str], device: str, vllm_trainer=None,
-                   vllm_memory: PeakMemory | None = None) -> dict:
-    """Our PPO and P3O (rollout=hf), and TRL GRPO, interleaved phase by phase."""
+                   vllm_memory: PeakMemory | None = None, one_step: bool = False) -> dict:
+    """Our PPO and P3O (rollout=hf), and TRL GRPO, interleaved phase by phase, at equal optimizer
+    steps per phase (PPO's epochs x minibatches) or at one optimizer step per phase."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     common = [*cfg_overrides, "reward=gold", "train.checkpoint_every=0", f"device={device}"]
     meters = {name: Meter(name) for name in ["ppo", "p3o", "ppo_vllm", "trl_grpo"]}
     ours = {}
+    arms = arm_overrides(cfg_overrides, one_step)
     for name in ("ppo", "p3o"):  # memory counts from before the trainer loads policy, reference, critic
         with meters[name].memory.measure():
-            ours[name] = make_trainer([f"algo={name}", *common], tmp / name)
+            ours[name] = make_trainer([f"algo={name}", *common, *arms[name]], tmp / name)
     if vllm_trainer is not None:
         ours["ppo_vllm"] = vllm_trainer
         meters["ppo_vllm"].memory = vllm_memory or PeakMemory()  # it was built (and measured) first
@@ -277,7 +298,7 @@ def bench_training(cfg_overrides: list[str], phases: int, skip: set[str], device
             trl_grpo(ours["ppo"].policy_dir, trainer.tokenizer, prompts_text, trainer.cfg, phases + 1,
                      on_phase_end, device, lengths["trl_grpo"])
         # TRL's peak includes our phases run inside its callback: report the larger of the two honestly
-    result = {}
+    result = {"optimizer_steps_per_phase": optimizer_steps(ours["ppo"].cfg)}
     for name, m in meters.items():
         if not m.seconds:
             continue
@@ -286,12 +307,41 @@ def bench_training(cfg_overrides: list[str], phases: int, skip: set[str], device
                         **m.memory.as_dict()}
         if parts[name]:
             result[name]["median_s"] = {k: statistics.median(p[k] for p in parts[name]) for k in parts[name][0]}
+            # the framework's cost over generation: whole phase / its own generation time
+            result[name]["phase_over_gen"] = median_ratio(m.seconds, [p["gen"] for p in parts[name]])
+    for name in ("ppo", "p3o"):
+        result[name]["optimizer_steps_per_phase"] = optimizer_steps(ours[name].cfg)
+        result[name]["parameters"] = sum(p.numel() for p in ours[name].policy.parameters())
     if meters["trl_grpo"].seconds:
         trl_s = meters["trl_grpo"].seconds
         for name in ours:
             result[f"{name}_speedup_vs_trl"] = median_ratio(trl_s, meters[name].seconds[:len(trl_s)])
         result["trl_grpo"]["note"] = ("memory peak includes our phases, which run inside TRL's callback")
+    for trainer in ours.values():
+        if trainer is not vllm_trainer:
+            trainer.close()
     return result
+
+
+def optimizer_steps(cfg) -> int:
+    """Optimizer steps one phase of this config takes (PPO/TRL: epochs x minibatches; P3O:
+    epochs x pair minibatches)."""
+    if str(cfg.algo.name) == "p3o":
+        return int(cfg.algo.epochs) * max(1, int(cfg.train.prompts_per_step) // int(cfg.algo.minibatch_pairs))
+    return int(cfg.algo.epochs) * int(cfg.algo.minibatches)
+
+
+# Model sizes of the size axis (--sizes): Qwen2 shapes built from config, head_dim 64; the larger
+# ones get a short SFT warm start (throughput, not quality, is measured; lengths are reported).
+SIZES = {
+    "tiny": [],
+    "4m": ["model.hidden_size=256", "model.intermediate_size=1024", "model.num_hidden_layers=4",
+           "model.num_attention_heads=4", "model.num_key_value_heads=2"],
+    "30m": ["model.hidden_size=512", "model.intermediate_size=2048", "model.num_hidden_layers=8",
+            "model.num_attention_heads=8", "model.num_key_value_heads=4"],
+}
+TARGETS = {"ppo": 2, "p3o": 3, "ppo_vllm": 2}  # throughput over TRL GRPO at equal optimizer steps (issue 27)
+SIZE_SFT = ["model.sft.demonstrations=2000", "model.sft.epochs=1"]
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -302,7 +352,11 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, default=None, help="rollout rounds (default 8, quick 2)")
     parser.add_argument("--phases", type=int, default=None, help="timed training phases (default 5, quick 2)")
     parser.add_argument("--prompts", type=int, default=64, help="prompts per rollout-benchmark batch")
-    parser.add_argument("--skip", default="", help="comma list of parts to leave out: trl, vllm, rollout, training")
+    parser.add_argument("--skip", default="",
+                        help="comma list of parts to leave out: trl, vllm, rollout, training, one_step")
+    parser.add_argument("--sizes", default="tiny",
+                        help=f"comma list of model sizes for the training rows: {', '.join(SIZES)} (default tiny; "
+                             "the larger ones take minutes per phase on 2 CPU cores)")
     parser.add_argument("--out", default="bench/results.json", help="JSON output file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for rlhf.train")
     return parser.parse_args(argv)
@@ -312,9 +366,12 @@ def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    valid = {"trl", "vllm", "rollout", "training"}
+    valid = {"trl", "vllm", "rollout", "training", "one_step"}
     if skip - valid:
         raise SystemExit(f"--skip {','.join(sorted(skip - valid))} is not valid; valid choices: {', '.join(sorted(valid))}")
+    sizes = [x.strip() for x in args.sizes.split(",") if x.strip()]
+    if set(sizes) - set(SIZES) or not sizes:
+        raise SystemExit(f"--sizes {args.sizes} is not valid; valid choices: {', '.join(SIZES)}")
     rounds = args.rounds or (2 if args.quick else 8)
     phases = args.phases or (2 if args.quick else 5)
     overrides = [*(QUICK if args.quick else []), *args.overrides]
@@ -352,15 +409,36 @@ def main(argv=None) -> dict:
             engine.load_weights(policy.named_parameters(), version=0)
         results["rollout"] = bench_rollout(policy, tokenizer, engine, prompts, int(cfg.rollout.max_new_tokens), rounds)
     if "training" not in skip:
-        results["training"] = bench_training(overrides, phases, skip, args.device, vllm_trainer, vllm_memory)
+        results["sizes"] = {}
+        for size in sizes:
+            size_overrides = overrides if size == "tiny" else [*SIZE_SFT, *overrides, *SIZES[size]]
+            row = {"overrides": SIZES[size] + ([] if size == "tiny" else SIZE_SFT)}
+            row["training"] = bench_training(size_overrides, phases, skip, args.device,
+                                             vllm_trainer if size == "tiny" else None, vllm_memory)
+            if "one_step" not in skip:
+                row["training_one_step"] = bench_training(size_overrides, phases, skip | {"vllm"}, args.device,
+                                                          one_step=True)
+            row["parameters"] = row["training"]["ppo"]["parameters"]
+            results["sizes"][size] = row
+            print(f"size {size}: {row['parameters'] / 1e6:.2f}M parameters, {time.time() - started:.0f} s so far",
+                  flush=True)
+            write_json(args.out, results)  # a long size axis keeps what it measured so far
+        if "tiny" in results["sizes"]:  # the default rows, where earlier versions of this file kept them
+            results["training"] = results["sizes"]["tiny"]["training"]
+            if "training_one_step" in results["sizes"]["tiny"]:
+                results["training_one_step"] = results["sizes"]["tiny"]["training_one_step"]
     results["total_seconds"] = time.time() - started
     results["process_peak_rss_mib"] = peak_rss_mib()
-    out = Path(args.out)
+    write_json(args.out, results)
+    print_table(results)
+    print(f"\nJSON: {args.out}  ({results['total_seconds']:.0f} s)")
+    return results
+
+
+def write_json(path: str, results: dict) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print_table(results)
-    print(f"\nJSON: {out}  ({results['total_seconds']:.0f} s)")
-    return results
 
 
 def warm_start(cfg) -> Path:
@@ -397,7 +475,7 @@ def setup_info(cfg, args, rounds: int, phases: int, overrides: list[str]) -> dic
             "transformers": transformers.__version__, "overrides": overrides, "quick": args.quick,
             "rollout_prompts": args.prompts, "max_new_tokens": int(cfg.rollout.max_new_tokens),
             "prompts_per_phase": int(cfg.train.prompts_per_step), "group_size": 2,
-            "rounds": rounds, "phases": phases, "model": {k: cfg.model[k] for k in (
+            "rounds": rounds, "phases": phases, "sizes": args.sizes, "model": {k: cfg.model[k] for k in (
                 "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")}}
     for package in ("vllm", "trl"):
         try:
@@ -433,7 +511,22 @@ def print_table(results: dict) -> None:
                 print(f"    {name} phase: " + ", ".join(f"{k} {v:.2f}s" for k, v in t[name]["median_s"].items()))
         for name in ("ppo", "p3o", "ppo_vllm"):
             if f"{name}_speedup_vs_trl" in t:
-                print(f"    {name} throughput / TRL GRPO: {t[f'{name}_speedup_vs_trl']:.2f}x (target >= 2x)")
+                print(f"    {name} throughput / TRL GRPO: {t[f'{name}_speedup_vs_trl']:.2f}x "
+                      f"(target >= {TARGETS.get(name, 2)}x at the tiny size)")
+    if results.get("sizes"):
+        print("\n(d) size axis          params   steps   ppo/TRL   p3o/TRL   ppo phase/gen   p3o phase/gen")
+        for size, row in results["sizes"].items():
+            for column in ("training", "training_one_step"):
+                t = row.get(column)
+                if not t:
+                    continue
+                ratio = {n: t.get(f"{n}_speedup_vs_trl", float("nan")) for n in ("ppo", "p3o")}
+                print(f"    {size:<8} {'1 step' if column.endswith('one_step') else 'equal':<8} "
+                      f"{row['parameters'] / 1e6:>6.2f}M   {t['optimizer_steps_per_phase']:>5}   "
+                      f"{ratio['ppo']:>6.2f}x   {ratio['p3o']:>6.2f}x   {t['ppo']['phase_over_gen']:>12.2f}x"
+                      f"   {t['p3o']['phase_over_gen']:>12.2f}x")
+        print("    targets: ppo >= 2x and p3o >= 3x TRL at the tiny size, ahead at every size; "
+              "p3o one-step phase/gen <= 1.5x at the tiny size")
 
 
 if __name__ == "__main__":
