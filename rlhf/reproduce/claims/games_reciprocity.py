@@ -401,5 +401,6 @@ register(Claim(
               "one open-loop sequence against everyone.",
     runs=sweep, analyze=analyze, workers=2,
     budget="1 SFT warm start, 2 arms x 3 seeds x 40 PPO phases of 64 games, 6 behavioural evaluations "
-           "(9 opponents x 48 games)",
+           "(9 opponents x 48 games): 22.8 CPU-min; 48.9 min wall measured on 2 cores shared with other jobs "
+           "(load 7-10), ~12-15 min expected on 2 quiet cores (not measured)",
 ))
