@@ -213,3 +213,33 @@ def test_observation_tokens_carry_no_loss_in_an_alfworld_episode(cache):
     assert [ids for m, ids in spans if m == 0] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in seen]
     assert all(lp == 0.0 for lp, m in zip(episode.logprobs, episode.action_mask) if m == 0)
     assert torch.tensor(episode.action_mask).sum() == sum(len(ids) for m, ids in spans if m == 1)
+
+
+# --- training on env=alfworld through the shared loop and the offline rounds -------------------
+TRAIN_SMALL = ["env=alfworld", "reward=gold", "env.num_train=6", "env.num_seen=2", "env.num_unseen=2",
+               "env.max_steps=12", "env.max_turns=12", "env.corpus_episodes=4", "env.sft.demonstrations=6",
+               "env.sft.epochs=2", "model.tokenizer.vocab_size=400", "env.eval_prompts=2", "eval.at_start=false",
+               "rollout.max_new_tokens=12", "train.steps=1"]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("rlhf_cache")
+
+
+@pytest.mark.parametrize("algo", ["ppo", "oreo", "rft"])
+def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
+    from tests.conftest import read_scalars
+
+    extra = {"ppo": ["train.prompts_per_step=2"],
+             "oreo": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=4", "algo.epochs=1"],
+             "rft": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=4", "algo.epochs=1",
+                     "algo.accept_threshold=0"]}[algo]
+    run_dir = train_run([f"algo={algo}", f"cache_dir={shared_cache}", *TRAIN_SMALL, *extra], name=algo)
+    scalars = read_scalars(run_dir)
+    for name in ("success", "steps", "invalid_rate"):
+        assert f"eval/{name}" in scalars, sorted(scalars)
+    assert 0.0 <= scalars["eval/invalid_rate"][-1][1] <= 1.0
+    assert 1.0 <= scalars["eval/steps"][-1][1] <= 12.0
+    if algo == "ppo":  # the training phase logs the env's components too
+        assert {"env/alfworld/success", "env/alfworld/steps", "env/alfworld/invalid_rate"} <= set(scalars)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import random
 import time
@@ -53,6 +54,7 @@ TASK_IDS = {"pick_and_place_simple": 1, "look_at_obj_in_light": 2, "pick_clean_t
 SPLIT_MODE = {"train": "train", "seen": "eval_in_distribution", "unseen": "eval_out_of_distribution"}
 INVALID_FEEDBACK = "Nothing happens."
 EOS = "<|endoftext|>"
+DEMO_FORMAT = 1  # bump when the text of expert episodes changes (their cache key)
 
 
 def _prepare_dirs(cache_dir: Path) -> None:
@@ -161,7 +163,7 @@ class AlfWorldEnv(TextEnv):
         env = self._ensure()
         gamefile = self.game_for(seed)
         env.gamefiles = [gamefile]  # the batch env cycles through `gamefiles`: play this one
-        env.seed(seed)
+        env.seed(seed % 2**32)  # numpy seeds are 32-bit; eval seeds start at a large offset
         obs, infos = env.reset()
         info = {k: v[0] for k, v in infos.items()}
         self._state = {"gamefile": gamefile, "steps": 0, "invalid": 0, "won": False, "done": False, "info": info,
@@ -214,31 +216,52 @@ class AlfWorldEnv(TextEnv):
         return observation, reward, done, info
 
     # --- warm start -------------------------------------------------------------------------
-    def demonstrations(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """n expert episodes on training games (AlfredTWEnv's expert, `expert_type`), won ones
-        only. One pair per episode: the whole transcript up to the expert's last command (each
-        earlier command followed by EOS, exactly as a rollout lays the turns out) and that last
-        command. SFT's loss covers prompt and response, so one pair trains every turn of the
-        episode once (per-turn pairs would repeat each transcript prefix once per turn)."""
+    def expert_episodes(self, n: int, seed: int) -> list[list[tuple[str, str]]]:
+        """n won episodes of ALFWorld's expert (`expert_type`) on training games, each a list of
+        (observation, command) turns: the intro then each feedback, with the command played
+        after it. Cached as JSON beside the games (keyed by n, seed and the settings that shape
+        the text), so a new model or SFT budget reuses them: an expert step costs ~0.1 s."""
         env = self if self.split == "train" else AlfWorldEnv(split="train", **self._settings())
+        key = hashlib.sha256(json.dumps({"n": n, "seed": seed, "expert": self.expert_type, "max_steps": self.max_steps,
+                                         "show_admissible": self.show_admissible, "format": DEMO_FORMAT},
+                                        sort_keys=True).encode()).hexdigest()[:16]
+        path = env.root() / "expert" / f"{key}.json"
+        if path.exists():
+            return [[tuple(turn) for turn in ep] for ep in json.loads(path.read_text())]
         rng = random.Random(seed)
-        pairs: list[tuple[str, str]] = []
+        episodes: list[list[tuple[str, str]]] = []
         start, played = time.time(), 0
-        while len(pairs) < n:
+        while len(episodes) < n:
             if played and played % 25 == 0:
-                print(f"[alfworld] expert episodes: {played} played, {len(pairs)}/{n} won ({time.time() - start:.0f}s)",
-                      flush=True)
+                print(f"[alfworld] expert episodes: {played} played, {len(episodes)}/{n} won "
+                      f"({time.time() - start:.0f}s)", flush=True)
             played += 1
-            text, action, done, info = env.reset(rng.randrange(2**31)), None, False, {}
+            observation, turns, done, info = env.reset(rng.randrange(2**31)), [], False, {}
             while not done:
-                if action is not None:
-                    text += " " + action + EOS + observation
                 action = env.expert_action()
                 if action is None:
                     break
+                turns.append((observation, action))
                 observation, _, done, info = env.step(action)
             if info.get("won"):
-                pairs.append((text, " " + action))
+                episodes.append(turns)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(episodes))
+        tmp.replace(path)
+        return episodes
+
+    def demonstrations(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """One SFT pair per won expert episode: the whole transcript up to the expert's last
+        command (each earlier command followed by EOS, exactly as a rollout lays the turns out)
+        and that last command. SFT's loss covers prompt and response, so one pair trains every
+        turn of the episode once (per-turn pairs would repeat each prefix once per turn)."""
+        pairs = []
+        for turns in self.expert_episodes(n, seed):
+            text = turns[0][0]
+            for (_, action), (observation, _) in zip(turns, turns[1:]):
+                text += " " + action + EOS + observation
+            pairs.append((text, " " + turns[-1][1]))
         return pairs
 
     def corpus(self, n: int, seed: int) -> list[str]:
