@@ -4,7 +4,7 @@
     python -m rlhf.bench --quick         # a smoke run (~2 min): smaller model warm start, batch, lengths
     python -m rlhf.bench --device cuda   # the same measurements on a GPU
     python -m rlhf.bench --skip trl,vllm rollout.max_new_tokens=64   # drop parts; Hydra overrides last
-    python -m rlhf.bench --sizes tiny,4m,30m --skip vllm,rollout threads=1   # size axis (4m: 11 min, 30m: ~1 h on 2 loaded cores)
+    python -m rlhf.bench --sizes tiny,4m,30m --skip vllm,rollout threads=1   # size axis (4m took 11 min at load 8; 30m far longer)
 
 (a) rollout: tokens/s of our HF engine vs raw `model.generate`, and of our vLLM engine vs raw
     `vllm.LLM.generate` on the same LLM instance, same prompts, lengths and sampling
