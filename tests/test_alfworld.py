@@ -232,7 +232,8 @@ def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
     from tests.conftest import read_scalars
 
     extra = {"ppo": ["train.prompts_per_step=2"],
-             "oreo": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=4", "algo.epochs=1"],
+             "oreo": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=6", "algo.epochs=1",
+                      "algo.expert_episodes=2"],
              "rft": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=4", "algo.epochs=1",
                      "algo.accept_threshold=0"]}[algo]
     run_dir = train_run([f"algo={algo}", f"cache_dir={shared_cache}", *TRAIN_SMALL, *extra], name=algo)
@@ -243,3 +244,20 @@ def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
     assert 1.0 <= scalars["eval/steps"][-1][1] <= 12.0
     if algo == "ppo":  # the training phase logs the env's components too
         assert {"env/alfworld/success", "env/alfworld/steps", "env/alfworld/invalid_rate"} <= set(scalars)
+
+
+def test_expert_lists_lay_out_turns_like_the_runner(cache):
+    """Expert episodes as offline samples: commands (mask 1, each ending in EOS) and the next
+    observations (mask 0) in the runner's order; decoding the masked spans gives the env's text."""
+    from rlhf.offline import expert_lists
+    from rlhf.warmstart import train_tokenizer
+
+    env = make(cache, show_admissible=False, max_steps=60)
+    tokenizer = train_tokenizer([p + r for p, r in env.demonstrations(2, seed=1)], 400)
+    (episode,), (lst,) = env.expert_episodes(1, seed=1), expert_lists(env, tokenizer, 1, seed=1)
+    ids, mask = lst.responses[0], lst.masks[0]
+    assert lst.scores == [1.0] and tokenizer.decode(lst.prompt_ids) == episode[0][0]
+    commands = tokenizer.decode([t for t, m in zip(ids, mask) if m]).split(EOS)
+    assert [c.strip() for c in commands if c] == [command for _, command in episode]
+    observations = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
+    assert observations == "".join(obs for obs, _ in episode[1:])
