@@ -130,7 +130,7 @@ def test_invalid_answer_is_nothing_happens_and_counted(cache):
     prompt = env.reset(1)
     obs, reward, done, info = env.step(" dance with the fridge")
     assert obs.startswith("\nNothing happens.") and not done
-    assert reward == {"gold": -0.5, "success": 0.0, "invalid": 1.0, "steps": 1.0}
+    assert reward == {"gold": -0.5, "success": 0.0, "invalid": 1.0, "steps": 1.0, "invalid_rate": 1.0}
     assert info["valid"] is False
     assert obs.split("Available actions:")[1] == prompt.split("Available actions:")[1]  # state unchanged
     _, reward, _, info = env.step("  LOOK. ")  # normalized to an admissible command
