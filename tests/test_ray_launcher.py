@@ -22,7 +22,10 @@ from tests.conftest import compose_cfg, read_scalars
 
 # 4 prompts x 2 samples (p3o) = 8 episodes per phase, in two chunks of 4: one per worker.
 COMMON = ["model.sft.demonstrations=2000", "model.sft.epochs=1", "reward=gold", "train.steps=2",
-          "train.prompts_per_step=4", "eval.prompts=2", "rollout.max_new_tokens=16", "threads=1"]
+          "train.prompts_per_step=4", "eval.prompts=2", "rollout.max_new_tokens=16", "threads=1",
+          # Ray workers hold copies of the policy, so the trainer recomputes pi_old there; the local
+          # reference must too (reusing the local engine's behaviour log-probs differs by ~1e-7)
+          "rollout.behaviour_as_old_logprobs=false"]
 CHUNK = ["launcher.chunk_episodes=4"]
 RAY = ["launcher=ray", "launcher.num_workers=2", "launcher.cpus_per_worker=1", "launcher.placement_timeout_s=120",
        "launcher.log_to_driver=false"] + CHUNK
