@@ -9,7 +9,8 @@ holds `train/`, `valid_seen/`, `valid_unseen/`); nothing is generated then.
 
 The game runs in `AlfredTWEnv(config, split).init_env(batch_size=1)`, i.e. with ALFWorld's own
 AlfredDemangler / AlfredInfos wrappers and, on the train split, the AlfredExpert wrapper
-(`expert_type` planner or handcoded), exactly as AlfredTWEnv sets them up. Splits: `train` plays
+(`expert_type` handcoded or planner), as AlfredTWEnv sets them up (with the expert's type passed
+by keyword: `alfred_expert_by_keyword`). Splits: `train` plays
 the training games; `eval` plays `valid_seen` (eval_on=seen) or `valid_unseen` (eval_on=unseen).
 On the eval split `reset(seed)` takes game `seed mod len`, so seeds 0..n-1 score n distinct
 games; on the train split a seed draws a game at random.
@@ -57,6 +58,29 @@ EOS = "<|endoftext|>"
 DEMO_FORMAT = 1  # bump when the text of expert episodes changes (their cache key)
 
 
+@contextlib.contextmanager
+def alfred_expert_by_keyword():
+    """While AlfredTWEnv.init_env runs, its `AlfredExpert(expert_type)` gets the type by keyword.
+
+    alfworld 0.4.2 calls `AlfredExpert(expert_type)`, whose first parameter is `env`: the type
+    string is taken as the wrapped env and the expert stays at its default, handcoded, whatever
+    `env.expert_type` says (measured: "planner" played the hand-coded search, step for step).
+    This swaps in a subclass that takes the type as its first argument, for the call only."""
+    from alfworld.agents.environment import alfred_tw_env
+
+    original = alfred_tw_env.AlfredExpert
+
+    class ExpertByType(original):
+        def __init__(self, expert_type: str = "handcoded"):
+            super().__init__(expert_type=expert_type)
+
+    alfred_tw_env.AlfredExpert = ExpertByType
+    try:
+        yield
+    finally:
+        alfred_tw_env.AlfredExpert = original
+
+
 def _prepare_dirs(cache_dir: Path) -> None:
     """alfworld creates $ALFWORLD_DATA on import (default ~/.cache/alfworld): keep it in our cache."""
     os.environ.setdefault("ALFWORLD_DATA", str(cache_dir / "alfworld_data"))
@@ -77,7 +101,7 @@ class AlfWorldEnv(TextEnv):
     def __init__(self, split: str = "train", eval_on: str = "seen", data_dir: str | None = None,
                  cache_dir: str = ".cache/alfworld", num_train: int = 100, num_seen: int = 20, num_unseen: int = 20,
                  task_types=tuple(TASK_IDS), unseen_fraction: float = 0.2, distractors=(4, 10), gen_seed: int = 0,
-                 max_steps: int = 30, expert_type: str = "planner", show_admissible: bool = False, corpus_episodes: int = 50,
+                 max_steps: int = 30, expert_type: str = "handcoded", show_admissible: bool = False, corpus_episodes: int = 50,
                  invalid_penalty: float = 0.0, step_penalty: float = 0.0, max_turns: int | None = None, **_: Any):
         if split not in ("train", "eval"):
             raise EnvConfigError(f"env split '{split}' unknown; valid choices: train, eval")
@@ -148,7 +172,8 @@ class AlfWorldEnv(TextEnv):
             alf.game_files = sorted(alf.game_files)  # os.walk order is the file system's
             if not alf.game_files:
                 raise EnvConfigError(f"no ALFWorld games for split {self.mode()} under {root}")
-            self._gym = alf.init_env(batch_size=1)
+            with alfred_expert_by_keyword():
+                self._gym = alf.init_env(batch_size=1)
         self.game_files = list(alf.game_files)
         return self._gym
 
@@ -282,6 +307,9 @@ class AlfWorldEnv(TextEnv):
     def fingerprint(self) -> dict[str, Any]:
         here = Path(__file__).parent
         source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:16]
-        out = {k: v for k, v in self._settings().items() if k != "cache_dir"}
+        # what shapes the demonstrations and the tokenizer's corpus (the warm start's cache key);
+        # the eval split and the reward's penalties do not
+        out = {k: v for k, v in self._settings().items()
+               if k not in ("cache_dir", "eval_on", "invalid_penalty", "step_penalty")}
         return {"name": self.name, **out, "source": source}
 

@@ -285,10 +285,11 @@ def memoize_textgen() -> None:
 
 
 def planner_plan(gamefile: str | Path, max_steps: int = 100) -> list[str] | None:
-    """Play the game with ALFWorld's planner expert (AlfredExpert, type planner): the commands
-    that won, or None when the planner finds no plan or does not win within max_steps. The
-    planner replans each step from what the agent has observed, so it explores receptacles it has
-    not looked into yet; its runs, and lengths, vary from one run to the next."""
+    """Play the game with ALFWorld's planner expert (AlfredExpert, type planner: fast-downward on
+    the game's full PDDL state, so it goes straight to the hidden object): the commands that won,
+    or None when the planner finds no plan or does not win within max_steps. The type is passed by
+    keyword: `AlfredExpert("planner")` binds the string to the wrapper's `env` argument and leaves
+    the type at its default, handcoded (see `alfred_expert_by_keyword` in the adapter)."""
     import textworld
     import textworld.gym
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
@@ -296,7 +297,7 @@ def planner_plan(gamefile: str | Path, max_steps: int = 100) -> list[str] | None
     memoize_textgen()
     infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile", "expert_plan"])
     env_id = textworld.gym.register_game(str(gamefile), infos, max_episode_steps=max_steps, asynchronous=False,
-                                         wrappers=[AlfredDemangler(), AlfredInfos, AlfredExpert("planner")])
+                                         wrappers=[AlfredDemangler(), AlfredInfos, AlfredExpert(expert_type="planner")])
     env = textworld.gym.make(env_id)
     try:
         _, info = env.reset()
