@@ -236,11 +236,12 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("rlhf_cache")
 
 
-@pytest.mark.parametrize("algo", ["ppo", "oreo", "rft"])
+@pytest.mark.parametrize("algo", ["ppo", "p3o", "oreo", "rft"])
 def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
     from tests.conftest import read_scalars
 
     extra = {"ppo": ["train.prompts_per_step=2"],
+             "p3o": ["train.prompts_per_step=2"],  # 2 prompts x 2 samples: pairs of whole episodes
              "oreo": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=6", "algo.epochs=1",
                       "algo.expert_episodes=2"],
              "rft": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=4", "algo.epochs=1",
@@ -251,7 +252,7 @@ def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
         assert f"eval/{name}" in scalars, sorted(scalars)
     assert 0.0 <= scalars["eval/invalid_rate"][-1][1] <= 1.0
     assert 1.0 <= scalars["eval/steps"][-1][1] <= 12.0
-    if algo == "ppo":  # the training phase logs the env's components too
+    if algo in ("ppo", "p3o"):  # the training phase logs the env's components too
         assert {"env/alfworld/success", "env/alfworld/steps", "env/alfworld/invalid_rate"} <= set(scalars)
 
 
