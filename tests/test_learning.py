@@ -34,11 +34,12 @@ ACCURACY_MARGIN = 0.20  # held-out greedy accuracy on env=math; the SFT policy s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, steps", [("p3o", 100), ("grpo", 50)])
+@pytest.mark.parametrize("algo, steps", [("p3o", 60), ("grpo", 50)])
 def test_rl_on_math_raises_held_out_accuracy(train_run, algo, steps):
     """`python -m rlhf.train algo=p3o|grpo env=math reward=verifier`: the shared loop, unchanged,
     on the verifier's reward; greedy accuracy on 64 held-out problems before (step 0) and after.
-    Measured: P3O 0.42 -> 0.86 in 100 phases, GRPO 0.42 -> 0.92 in 50."""
+    Measured (2026-12-03, eval every 10 phases): P3O 0.42 -> 0.875 at 60 phases (0.67 at 50, 0.97
+    at 100), GRPO 0.42 -> 0.92 in 50."""
     run_dir = train_run([f"algo={algo}", "env=math", "reward=verifier", f"train.steps={steps}",
                          f"eval.every={steps // 2}"], f"{algo}-math")
     accuracy = read_scalars(run_dir)["eval/accuracy"]
