@@ -27,8 +27,9 @@ COMMON = ["model.sft.demonstrations=2000", "model.sft.epochs=1", "reward=gold", 
           # reference must too (reusing the local engine's behaviour log-probs differs by ~1e-7)
           "rollout.behaviour_as_old_logprobs=false"]
 CHUNK = ["launcher.chunk_episodes=4"]
-RAY = ["launcher=ray", "launcher.num_workers=2", "launcher.cpus_per_worker=1", "launcher.placement_timeout_s=120",
-       "launcher.log_to_driver=false"] + CHUNK
+RAY_WORKERS = ["launcher=ray", "launcher.num_workers=2", "launcher.cpus_per_worker=1",
+               "launcher.placement_timeout_s=120", "launcher.log_to_driver=false"]
+RAY = RAY_WORKERS + CHUNK
 NOT_COMPARED = ("timing_s/", "perf/")  # wall-clock measurements
 
 
