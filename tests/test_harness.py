@@ -137,3 +137,41 @@ def test_the_final_evaluation_prints_the_start_beside_it(tmp_path, caplog):
     assert f"[eval] held out, before training -> after step 6: score {start:.4g} -> {final:.4g}" in caplog.text
     assert harness.before_after({"kl": 0.0, "gold": 0.5, "x": 1}, {"gold": 0.7, "kl": 2.0, "x": 3}, 9) == \
         "[eval] held out, before training -> after step 9: gold 0.5 -> 0.7 | kl 0 -> 2 | x 1 -> 3"
+
+
+def test_a_resume_after_a_kill_reads_as_one_clean_series_in_tensorboard(tmp_path):
+    """A killed run has logged steps past its last checkpoint; the resumed run re-logs them.
+    TensorBoard's own reader must see each step once, with the resumed run's values."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rlhf.logger import read_scalars
+
+    run_dir = tmp_path / "run"
+    harness.run(fresh(config(stop_after=2, checkpoint_every=2), run_dir))
+    orphan = SummaryWriter(str(run_dir))  # what the killed process wrote after step 2's checkpoint
+    for step in (3, 4):
+        orphan.add_scalar("toy/x", 999.0, step)
+    orphan.close()
+    resumed = Toy(config(resume=True, checkpoint_every=2), run_dir)
+    harness.run(resumed)
+    series = read_scalars(run_dir)["toy/x"]
+    assert [s for s, _ in series] == [1, 2, 3, 4, 5, 6]
+    assert [v for s, v in series if s > 2] == pytest.approx(resumed.draws, rel=1e-6)
+    assert 999.0 not in [v for _, v in series]
+
+
+def test_the_checkpoint_a_resume_starts_from_survives_a_kill_while_the_next_one_is_written(tmp_path, monkeypatch):
+    """Rotation (keep 1) deletes the old checkpoint only after the new one is complete."""
+    import rlhf.checkpoint as ckpt_module
+
+    run_dir = tmp_path / "run"
+    harness.run(fresh(config(stop_after=2, checkpoint_every=2), run_dir))
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("killed while renaming the new checkpoint into place")
+
+    monkeypatch.setattr(ckpt_module.os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        harness.run(Toy(config(resume=True, checkpoint_every=2), run_dir))
+    assert [p.name for p in (run_dir / "checkpoints").glob("step_*")] == ["step_000002"]
+    assert load_checkpoint(latest_checkpoint(run_dir))[0]["step"] == 2
