@@ -14,6 +14,12 @@ A step of the run ("chunk") is one policy's `update_iter` PPO updates (rlhf.cont
 weight's share of a Stage 1 round or one extension (pi_r, l). The archive (rlhf.pareto) is
 updated when a round ends, and morl/* is logged then (x = env steps x envs).
 
+Two fronts are scored. `morl/*` is the archive as the method keeps it (every intermediate
+policy is a candidate, as the authors' code does). `morl/final/*` is a second archive fed only
+with each Stage 1 weight's last policy and each extension's last policy: a scoring rule any
+method can be held to (e.g. MPMOQLearning's policies, each the last of its weight), so that
+arms are compared alike; it never steers the algorithm.
+
 Where the authors' code and the paper differ (docs/cmorl.md): the paper's constraint, in
 reference-shifted space c_j = ref_j + beta (G_j(pi_r) - ref_j) (beta G_j starts a negative
 objective infeasible), on G^_j = G_j(pi_old) + H mean_t[clip(rho_t) A~_j,t] (raw centred
@@ -40,6 +46,7 @@ from rlhf.harness import Job
 from rlhf.pareto import Member, ParetoArchive, simplex_weights, write_front
 
 log = logging.getLogger("rlhf")
+FINAL_METRICS = ("hypervolume", "expected_utility", "cardinality", "igd")  # logged for the last-policies front
 
 
 def shifted_threshold(g_r: np.ndarray, ref: np.ndarray, beta: float, shift: bool = True) -> np.ndarray:
@@ -123,7 +130,9 @@ class CMORL(Job):
         self.stage1 = [PPO(self.new_agent(), self.ppo_cfg, ReturnNormalizer(self.m, self.ppo_cfg.gamma))
                        for _ in self.weights]
         self.archive = ParetoArchive(self.ref, int(a.policy_buffer))
+        self.finals = ParetoArchive(self.ref, int(a.policy_buffer))  # scoring only: last policies (docstring)
         self.pool: list[Member] = []  # this round's candidates
+        self.final_pool: list[Member] = []  # this round's last policies (a subset of pool)
         self.queue: list[tuple[Member, int]] = []  # this round's pending extensions (pi_r, l)
         self.env_steps, self.next_uid = 0, 0
         self.counters = {"ipo_updates": 0, "recovery_updates": 0, "infeasible_starts": 0, "stalled_chunks": 0}
@@ -140,8 +149,9 @@ class CMORL(Job):
         norm.load_state_dict(member.obj_norm)
         return PPO(agent, self.ppo_cfg, norm)
 
-    def candidate(self, ppo: PPO, origin: dict) -> Member:
-        """Evaluate the policy (deterministic, raw discounted returns) and add it to the round's pool."""
+    def candidate(self, ppo: PPO, origin: dict, last: bool = False) -> Member:
+        """Evaluate the policy (deterministic, raw discounted returns) and add it to the round's pool
+        (`last`: also to the pool of last policies scored as morl/final/*)."""
         from envs import mo
 
         g = mo.discounted_return(self.eval_env, ppo.agent.act_deterministic, int(self.cfg.algo.eval_episodes),
@@ -150,6 +160,8 @@ class CMORL(Job):
         policy = {k: v.detach().clone() for k, v in ppo.agent.state_dict().items()}
         self.pool.append(Member(np.asarray(g, dtype=np.float64), policy, ppo.normalizer.state_dict(), origin,
                                 self.next_uid))
+        if last:
+            self.final_pool.append(self.pool[-1])
         return self.pool[-1]
 
     def reset_envs(self):
@@ -172,7 +184,8 @@ class CMORL(Job):
         if round_done or j + 1 == self.total:
             out["morl/pool_size"] = float(len(self.pool))
             self.archive.update(self.pool)
-            self.pool = []
+            self.finals.update(self.final_pool)
+            self.pool, self.final_pool = [], []
             out.update(self.metrics())
             log.info(f"[cmorl] chunk {j + 1}/{self.total} env steps {self.env_steps} | HV {out['morl/hypervolume']:.4g}"
                      f" EU {out['morl/expected_utility']:.4g} archive {len(self.archive.members)}")
@@ -188,7 +201,8 @@ class CMORL(Job):
             batch = ppo.collect(self.envs, cursor)
             stats.append(ppo.update(batch, batch.raw_advantages() @ w))
             self.env_steps += self.ppo_cfg.steps_per_update
-            self.candidate(ppo, {"stage": 1, "weight": self.weights[k].tolist(), "update": u + 1})
+            self.candidate(ppo, {"stage": 1, "weight": self.weights[k].tolist(), "update": u + 1},
+                           last=u + 1 == self.init_updates)
         return stats
 
     def extend(self, updates: int) -> list[dict]:
@@ -228,13 +242,15 @@ class CMORL(Job):
             stats.append(s)
             self.env_steps += self.ppo_cfg.steps_per_update
             g = self.candidate(ppo, {"stage": 2, "parent": member.uid, "objective": target, "update": u + 1,
-                                     "beta": float(a.beta)}).objectives
+                                     "beta": float(a.beta)}, last=u + 1 == updates).objectives
         return stats
 
     # --- what the harness asks ----------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
         out = {f"morl/{k}": v for k, v in self.archive.metrics(self.eu_weights, self.known).items()}
         out["cmorl/history_resets"] = out.pop("morl/history_resets")
+        finals = self.finals.metrics(self.eu_weights, self.known)
+        out.update({f"morl/final/{k}": v for k, v in finals.items() if k in FINAL_METRICS})
         out.update({"cmorl/recovery_updates": float(self.counters["recovery_updates"]),
                     "cmorl/infeasible_fraction": self.counters["recovery_updates"] / max(1, self.counters["ipo_updates"])})
         return out
@@ -252,6 +268,7 @@ class CMORL(Job):
     def state_dict(self) -> dict:
         return {"env_steps": self.env_steps, "next_uid": self.next_uid, "counters": dict(self.counters),
                 "archive": self.archive.state_dict(), "pool": [p.to_state() for p in self.pool],
+                "finals": self.finals.state_dict(), "final_pool": [p.uid for p in self.final_pool],
                 "queue": [(member.to_state(), target) for member, target in self.queue],
                 "stage1": [{"optimizer": p.optimizer.state_dict(), "normalizer": p.normalizer.state_dict()}
                            for p in self.stage1]}
@@ -260,6 +277,8 @@ class CMORL(Job):
         self.env_steps, self.next_uid, self.counters = int(state["env_steps"]), int(state["next_uid"]), state["counters"]
         self.archive = ParetoArchive.from_state(state["archive"])
         self.pool = [Member.from_state(p) for p in state["pool"]]
+        self.finals = ParetoArchive.from_state(state["finals"])
+        self.final_pool = [p for p in self.pool if p.uid in set(state["final_pool"])]
         self.queue = [(Member.from_state(member), int(target)) for member, target in state["queue"]]
         for ppo, s in zip(self.stage1, state["stage1"]):
             ppo.optimizer.load_state_dict(s["optimizer"])
