@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerFast
 
 from agents.models import build_tiny_lm, lm_forward, pad_right, save_lm
 from rlhf.cache import cached, source_digest
+from rlhf.config import ConfigError
 from rlhf.functional import masked_mean, token_logprobs
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
@@ -47,11 +48,29 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int
     return [(p, r + [eos]) for p, r in zip(prompts, responses)]
 
 
-def sft_train(model, tokenizer, pairs: list[tuple[str, str]], sft_cfg, seed: int,
-              log=print) -> dict[str, float]:
+def encode_turns(tokenizer, demos: list[list[tuple[str, bool]]]) -> list[tuple[list[int], list[bool]]]:
+    """Multi-turn demonstrations, each a list of (text, is_action) pieces -> (ids, trains per
+    token). Every piece is encoded on its own, as the multi-turn runner lays out an episode
+    (observation tokens appended, each action's tokens followed by EOS); only action tokens and
+    their EOS are trained."""
+    eos, out = tokenizer.eos_token_id, []
+    for pieces in demos:
+        ids, trains = [], []
+        for text, is_action in pieces:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if is_action else [])
+            ids += piece
+            trains += [is_action] * len(piece)
+        out.append((ids, trains))
+    return out
+
+
+def sft_train(model, tokenizer, pairs: list[tuple[str, str]] | None, sft_cfg, seed: int,
+              log=print, turns: list[list[tuple[str, bool]]] | None = None) -> dict[str, float]:
     """Next-token cross-entropy on prompt+response (a from-scratch model must learn the
-    language of the prompts too), AdamW with linear warmup and cosine decay."""
-    data = encode_pairs(tokenizer, pairs)
+    language of the prompts too), AdamW with linear warmup and cosine decay. With `turns`
+    (multi-turn demonstrations, encode_turns) instead of pairs, only the actions are trained."""
+    data = ([(p + r, [True] * len(p + r)) for p, r in encode_pairs(tokenizer, pairs)] if turns is None
+            else encode_turns(tokenizer, turns))
     rng = random.Random(seed)
     batch_size = int(sft_cfg.batch_size)
     steps = int(sft_cfg.epochs) * math.ceil(len(data) / batch_size)
@@ -66,9 +85,9 @@ def sft_train(model, tokenizer, pairs: list[tuple[str, str]], sft_cfg, seed: int
         rng.shuffle(order)
         for begin in range(0, len(order), batch_size):
             chunk = [data[i] for i in order[begin:begin + batch_size]]
-            ids, mask = pad_right([p + r for p, r in chunk], tokenizer.pad_token_id)
+            ids, mask = pad_right([x for x, _ in chunk], tokenizer.pad_token_id)
             logp = token_logprobs(lm_forward(model, ids, mask), ids)
-            target_mask = mask.clone()
+            target_mask = mask * pad_right([[int(t) for t in trains] for _, trains in chunk], 0)[0]
             target_mask[:, 0] = 0
             loss = -masked_mean(logp, target_mask)
             optimizer.zero_grad(set_to_none=True)
@@ -101,6 +120,11 @@ def warm_start_policy(cfg, env, log=print) -> Path:
             raise FileNotFoundError(f"model.path={path} does not exist or is not a directory")
         return path
     sft = sft_settings(cfg)
+    loss_on = str(sft.get("loss_on", "all"))
+    valid = ("all", "actions") if hasattr(env, "demonstration_turns") else ("all",)  # actions: multi-turn envs
+    if loss_on not in valid:
+        raise ConfigError(f"sft loss_on={loss_on!r} (env.sft.loss_on or model.sft.loss_on); valid choices for "
+                          f"env={env.name}: {', '.join(valid)}")
     spec = {"model": OmegaConf.merge(OmegaConf.to_container(cfg.model, resolve=True), {"sft": sft}), "env": env.fingerprint(), "seed": int(sft.seed),
             "sources": source_digest(["rlhf.warmstart", "agents.models", "envs.text", "envs.base"])}
 
@@ -110,8 +134,12 @@ def warm_start_policy(cfg, env, log=print) -> Path:
         tokenizer = train_tokenizer(env.corpus(int(tok_cfg.corpus_size), seed=1),
                                     int(tok_cfg.vocab_size))
         model = build_tiny_lm(cfg.model, tokenizer)
-        pairs = env.demonstrations(int(sft.demonstrations), seed=int(sft.seed))
-        sft_train(model, tokenizer, pairs, sft, int(sft.seed), log)
+        if loss_on == "actions":
+            sft_train(model, tokenizer, None, sft, int(sft.seed), log,
+                      turns=env.demonstration_turns(int(sft.demonstrations), seed=int(sft.seed)))
+        else:
+            sft_train(model, tokenizer, env.demonstrations(int(sft.demonstrations), seed=int(sft.seed)), sft,
+                      int(sft.seed), log)
         save_lm(model, tokenizer, out)
 
     return cached(cfg.cache_dir, "sft", spec, build, log)

@@ -289,6 +289,12 @@ class AlfWorldEnv(TextEnv):
             pairs.append((text, " " + turns[-1][1]))
         return pairs
 
+    def demonstration_turns(self, n: int, seed: int) -> list[list[tuple[str, bool]]]:
+        """The same won expert episodes as (text, is_action) pieces, for SFT on the actions only
+        (`env.sft.loss_on=actions`): each observation, then the command played after it."""
+        return [[piece for observation, action in turns for piece in ((observation, False), (" " + action, True))]
+                for turns in self.expert_episodes(n, seed)]
+
     def corpus(self, n: int, seed: int) -> list[str]:
         """The tokenizer's corpus: transcripts of at most `corpus_episodes` expert episodes (an
         episode is ~30 SFT-pairs' worth of text, and expert steps cost ~0.1 s)."""
