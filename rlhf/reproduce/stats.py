@@ -66,6 +66,15 @@ def paired_effect(name: str, a: np.ndarray, b: np.ndarray, claimed: float = 0.0,
     return Effect(name, float(d.mean()), low, high, claimed, direction, unit)
 
 
+def seed_effect(name: str, a, b, claimed: float = 0.0) -> Effect:
+    """mean over seeds of a - b (b per seed, paired by seed, or one constant) with a 95% bootstrap
+    over the seeds: for claims whose only unit is the seed (one number per run)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    low, high = bootstrap_interval(d)
+    paired = "paired by seed, " if np.ndim(b) else ""
+    return Effect(name, float(d.mean()), low, high, claimed, 1, f"{paired}bootstrap over {len(d)} seeds")
+
+
 def correlation_effect(name: str, x: np.ndarray, y: np.ndarray, claimed: float, seed: int = 0) -> Effect:
     """Pearson r of paired (x, y) with a bootstrap interval over pairs; claim: r > claimed."""
     xy = np.stack([np.asarray(x, float), np.asarray(y, float)], 1)

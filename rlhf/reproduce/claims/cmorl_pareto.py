@@ -51,7 +51,7 @@ import numpy as np
 
 from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register
 from rlhf.reproduce.plots import metric_vs_step, pareto_front
-from rlhf.reproduce.stats import REPRODUCED, Effect, bootstrap_interval, combine
+from rlhf.reproduce.stats import REPRODUCED, combine, seed_effect
 
 ARMS = ("cmorl", "cmorl_beta0.9", "stage1_only", "mpmoql", "pql")
 LABELS = {"cmorl": "C-MORL (beta 0.5)", "cmorl_beta0.9": "C-MORL (beta 0.9)", "stage1_only": "Stage 1 only",
@@ -97,14 +97,6 @@ def final(result: RunResult, metric: str) -> float:
 def last_policies_hv(result: RunResult) -> float:
     """HV of the front of last policies (the "last policies" rule of the docstring)."""
     return final(result, "hypervolume_all_policies" if result.spec.arm == "mpmoql" else "final/hypervolume")
-
-
-def seed_effect(name: str, a: list[float], b: list[float] | float) -> Effect:
-    """mean over seeds of a - b (b per seed, paired, or a constant) with a 95% bootstrap over seeds."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    low, high = bootstrap_interval(d)
-    paired = "paired by seed, " if np.ndim(b) else ""
-    return Effect(name, float(d.mean()), low, high, unit=f"{paired}bootstrap over {len(d)} seeds")
 
 
 def reference_hvs(results: list[RunResult]) -> tuple[float, float, list]:
