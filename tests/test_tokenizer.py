@@ -63,7 +63,7 @@ def test_sft_loss_on_actions_is_refused_for_an_env_without_multi_turn_demonstrat
     from rlhf.config import ConfigError, compose
     from rlhf.warmstart import warm_start_policy
 
-    cfg = compose(["+model.sft.loss_on=actions", f"cache_dir={tmp_path}"])
+    cfg = compose(["model.sft.loss_on=actions", f"cache_dir={tmp_path}"])
     env = env_base.make("text", split="train")
     with pytest.raises(ConfigError, match="loss_on='actions'.*valid choices for env=text: all$"):
         warm_start_policy(cfg, env)
