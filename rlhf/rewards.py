@@ -65,14 +65,25 @@ def place_on_last_turn(episodes: list[Episode], batch: Batch, scores: torch.Tens
 
 
 class GoldReward(RewardSource):
-    def __init__(self, component: str):
-        self.component = component
+    """The env's own reward component. placement "turn": each turn's reward on that turn's last
+    token (turn-level credit in a multi-turn episode); "episode": the episode's sum on its last
+    token (trajectory-level: one outcome per episode). Single-turn envs: the same either way."""
+    PLACEMENTS = ("turn", "episode")
+
+    def __init__(self, component: str, placement: str = "turn"):
+        if placement not in self.PLACEMENTS:
+            raise ValueError(f"reward.placement={placement!r}; valid choices: {', '.join(self.PLACEMENTS)}")
+        self.component, self.placement = component, placement
 
     def score(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         for i, ep in enumerate(episodes):
-            for end, r in zip(ep.turn_ends, ep.rewards):
-                rewards[i, end] = r[self.component] if isinstance(r, dict) else float(r)
+            values = [r[self.component] if isinstance(r, dict) else float(r) for r in ep.rewards]
+            if self.placement == "episode":
+                rewards[i, ep.turn_ends[-1]] = sum(values)
+            else:
+                for end, value in zip(ep.turn_ends, values):
+                    rewards[i, end] = value
         return rewards, {}
 
 
@@ -124,7 +135,7 @@ def build_reward_source(cfg, policy_dir: Path, vector: bool = False):
     """(reward source, a reward model or None) for the `reward` config group; `vector`:
     the algorithm wants one reward column per component (composite reward only)."""
     if cfg.reward.name in ENV_REWARDS:
-        source, model = GoldReward(str(cfg.reward.component)), None
+        source, model = GoldReward(str(cfg.reward.component), str(cfg.reward.get("placement", "turn"))), None
     elif cfg.reward.name == "composite":
         source, model = CompositeReward(cfg.reward, vector=vector), None
     else:
