@@ -43,7 +43,7 @@ def help_text() -> str:
              f"  run=<path>        required: {RUN_SHAPE}",
              "  out=<dir>         where eval/ and the TensorBoard scalars go (default: the run's own directory)",
              "  suite=<name|list> evaluate every run= (repeatable) on several envs: lm (text, math, code, games), "
-             "reasoning (math, code), or a comma list such as text,math",
+             "reasoning (math, code), agent (alfworld), or a comma list such as text,math",
              "  <group>=<option>  swap a config group of the run's config:"]
     for group in groups:
         options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))

