@@ -226,3 +226,31 @@ def test_nm_ppo_moves_its_thresholds_within_one_run(train_run):
     algo = compose_cfg(["algo=constrained_ppo", "reward=composite"]).algo
     for p, d in zip(praise[:3], detail[:3]):  # the initial simplex: N + 1 points drawn in [nm_low, nm_high]
         assert algo.nm_low[0] <= p <= algo.nm_high[0] and algo.nm_low[1] <= d <= algo.nm_high[1]
+
+
+@pytest.mark.slow
+def test_quick_constrained_rlhf_claim_report_with_effects(tmp_path):
+    """The quick claim end to end: proxy points written once from the identification runs,
+    five effects with intervals, each held-out difference recomputed from the eval samples."""
+    import re
+
+    from rlhf.reproduce import RunResult, RunSpec, run_claim
+    from rlhf.reproduce.claims.constrained_rlhf import held_out_eval
+
+    out = tmp_path / "claim"
+    verdict = run_claim("constrained_rlhf", quick=True, out=out)
+    report = (out / "report.md").read_text()
+    line = re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED|INCONCLUSIVE): (.+)", report)
+    assert line and line.group(1) == verdict.word
+    effects = re.findall(r"^- ([^:]+): ([+-][\d.]+) \[95% CI", report, flags=re.M)
+    assert len(effects) == 5
+    assert json.loads((out / "runs" / "proxy_points.json").read_text())["thresholds"].keys() == {"praise", "detail"}
+
+    def mean_eval(name):
+        return sum(held_out_eval(RunResult(RunSpec(name, "", []), out / "runs" / name, {}, 0.0)).values()) / 8
+
+    tuned = re.search(r"tuned PPO = weights \(([\d.]+), ([\d.]+)\)", report)
+    names = {(1.0, 1.0): "ppo-sum", (0.3, 0.3): "ppo-sum-x0.3", (0.1, 0.1): "ppo-sum-x0.1"}
+    base = names[(float(tuned.group(1)), float(tuned.group(2)))]
+    assert float(effects[0][1]) == pytest.approx(mean_eval("xi-PPO") - mean_eval(base), abs=1e-3)
+    assert float(effects[2][1]) == pytest.approx(mean_eval("xi-PPO") - mean_eval("ppo-sum"), abs=1e-3)
