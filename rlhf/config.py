@@ -41,6 +41,7 @@ CHOICES: dict[str, tuple] = {
     "algo.method": ("MPMOQLearning", "PQL", "PGMORL"),
     "algo.weight_selection": ("random", "ols", "gpi-ls"),
     "env.payoff_format": ("compact", "sentences"),
+    "env.reviews": ("mixed", "plain"),
     "env.reward_timing": ("round", "end"),
     "env.invalid_move": ("C", "D"),
     "algo.form": ("mu", "xi", "all"),

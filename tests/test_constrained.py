@@ -127,6 +127,30 @@ def test_overlap_setting_raises_the_components_correlation():
     assert high > low + 0.3, (low, high)
 
 
+def test_plain_reviews_hold_no_praise_stay_fluent_and_leave_the_mixed_corpus_unchanged():
+    """env.reviews=plain: the constrained task's SFT data states facts without praise (so the
+    praise proxy point lies well above the SFT policy), in the grammar's own bigrams; the
+    default corpus and the tokenizer's text are what they were."""
+    from envs.text import ReviewEnv, corpus
+
+    plain, mixed = ReviewEnv(reviews="plain"), ReviewEnv()
+    scorer = CompositeScorer()
+    texts = [r for _, r in plain.demonstrations(2000, seed=0)]
+    assert max(scorer.components(t)["praise"] for t in texts) == 0.0
+    assert np.mean([scorer.components(t)["detail"] for t in texts]) > 0.15  # the aspects are still named
+    _, bigrams = corpus.fluency_tables()
+    assert all(b in bigrams for t in texts for ws in corpus.sentences(t) for b in zip(ws, ws[1:]))
+    praised = np.mean([scorer.components(r)["praise"] for _, r in mixed.demonstrations(2000, seed=0)])
+    assert praised > 0.05
+    assert mixed.demonstrations(50, seed=3) == corpus.demonstrations(mixed.prompts, 50, 3)
+    assert plain.corpus(50, seed=1) == mixed.corpus(50, seed=1)  # one tokenizer for both styles
+    assert "reviews" not in mixed.fingerprint() and plain.fingerprint()["reviews"] == "plain"
+    with pytest.raises(ValueError, match="valid choices: mixed, plain"):
+        ReviewEnv(reviews="formal")
+    with pytest.raises(ConfigError, match="plain"):
+        validate(compose_cfg(["env.reviews=formal"]))
+
+
 def test_thresholds_from_list_or_file(tmp_path):
     assert load_thresholds([0.1, 0.2], COMPONENTS) == [0.1, 0.2]
     with pytest.raises(ValueError, match="one value per component"):
@@ -230,8 +254,9 @@ def test_nm_ppo_moves_its_thresholds_within_one_run(train_run):
 
 @pytest.mark.slow
 def test_quick_constrained_rlhf_claim_report_with_effects(tmp_path):
-    """The quick claim end to end: proxy points written once from the identification runs,
-    five effects with intervals, each held-out difference recomputed from the eval samples."""
+    """The quick claim end to end on the rebuilt task (plain-review SFT, detail sweet spot 0.3):
+    proxy points written once from the identification runs, six effects with intervals, each
+    held-out difference recomputed from the eval samples under the run's own sweet spots."""
     import re
 
     from rlhf.reproduce import RunResult, RunSpec, run_claim
@@ -243,7 +268,11 @@ def test_quick_constrained_rlhf_claim_report_with_effects(tmp_path):
     line = re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED|INCONCLUSIVE): (.+)", report)
     assert line and line.group(1) == verdict.word
     effects = re.findall(r"^- ([^:]+): ([+-][\d.]+) \[95% CI", report, flags=re.M)
-    assert len(effects) == 5
+    assert len(effects) == 6 and effects[5][0].startswith("untuned PPO (1, 1) final KL - xi-PPO final KL")
+    assert "Multipliers (squashed, first -> last" in report
+    from omegaconf import OmegaConf
+    run_cfg = OmegaConf.load(out / "runs" / "xi-PPO" / "config.yaml")
+    assert run_cfg.env.reviews == "plain" and list(run_cfg.reward.eval_sweet_spots) == [0.15, 0.3]
     assert json.loads((out / "runs" / "proxy_points.json").read_text())["thresholds"].keys() == {"praise", "detail"}
 
     def mean_eval(name):

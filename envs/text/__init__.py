@@ -29,7 +29,9 @@ class ReviewEnv(TextEnv):
     max_turns = 1
 
     def __init__(self, split: str = "train", eval_fraction: float = 0.25, valid_fraction: float = 0.0,
-                 eval_on: str = "test", **_: Any):
+                 eval_on: str = "test", reviews: str = "mixed", **_: Any):
+        if reviews not in corpus.REVIEW_STYLES:
+            raise EnvConfigError(f"env.reviews={reviews!r} unknown; valid choices: {', '.join(corpus.REVIEW_STYLES)}")
         if split not in SPLITS:
             raise EnvConfigError(f"env split '{split}' unknown; valid choices: {', '.join(SPLITS)}")
         if eval_on not in EVAL_ON:
@@ -43,7 +45,7 @@ class ReviewEnv(TextEnv):
         random.Random(0).shuffle(prompts)
         n_eval = max(1, round(len(prompts) * eval_fraction))
         n_valid = round(len(prompts) * float(valid_fraction))
-        self.split, self.eval_on = split, eval_on
+        self.split, self.eval_on, self.reviews = split, eval_on, reviews
         self.eval_fraction, self.valid_fraction = eval_fraction, float(valid_fraction)
         test, valid, train = prompts[:n_eval], prompts[n_eval:n_eval + n_valid], prompts[n_eval + n_valid:]
         self.prompts = (valid if eval_on == "valid" else test) if split == "eval" else train
@@ -60,9 +62,15 @@ class ReviewEnv(TextEnv):
         return None, reward, True, {"prompt": self._prompt}
 
     def demonstrations(self, n: int, seed: int) -> list[tuple[str, str]]:
-        return corpus.demonstrations(self.prompts, n, seed)
+        return corpus.demonstrations(self.prompts, n, seed, self.reviews)
+
+    def corpus(self, n: int, seed: int) -> list[str]:
+        """The tokenizer learns every review style's words, whichever style the SFT policy imitates."""
+        return [p + r for p, r in corpus.demonstrations(self.prompts, n, seed)]
 
     def fingerprint(self) -> dict[str, Any]:
         extra = {"valid_fraction": self.valid_fraction} if self.valid_fraction else {}  # old cache keys kept
+        if self.reviews != "mixed":
+            extra["reviews"] = self.reviews
         return {"name": self.name, "split": self.split, "eval_fraction": self.eval_fraction,
                 "components": list(COMPONENTS), **extra}

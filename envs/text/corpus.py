@@ -73,8 +73,12 @@ VERDICTS = {
 }
 # How a review's sentiment translates into the sentiment of each adjective it uses.
 MOODS = {"pos": {"pos": 0.75, "neu": 0.25}, "neg": {"neg": 0.75, "neu": 0.25},
-         "mixed": {"pos": 0.35, "neg": 0.35, "neu": 0.3}}
+         "mixed": {"pos": 0.35, "neg": 0.35, "neu": 0.3}, "plain": {"neu": 1.0}}
 MOOD_WEIGHTS = {"pos": 0.3, "neg": 0.3, "mixed": 0.4}
+# Which reviews the demonstrations hold (env.reviews): `mixed` is the corpus above; `plain` has
+# only neutral adjectives, no verbs of liking and neutral verdicts -- reviews that state facts
+# without praise (the SFT policy of the constrained-RLHF task, docs/constrained_rlhf.md).
+REVIEW_STYLES = {"mixed": MOOD_WEIGHTS, "plain": {"plain": 1.0}}
 
 
 def all_prompts() -> list[str]:
@@ -118,15 +122,18 @@ def _sentence(rng: random.Random, topic: str, mood: str) -> str:
         # negation: "not great" is negative for VADER, "not bad" mildly positive.
         flipped = {"pos": "neg", "neg": "pos"}.get(mood, mood)
         return f"{a} was not {_adjective(rng, flipped)}."
+    if kind == 4 and mood == "plain":  # no verb of liking or disliking in a plain review
+        return f"{a} was {_adjective(rng, mood)}."
     if kind == 4:
         verb_mood = mood if mood in VERBS else rng.choice(["pos", "neg"])
         return f"i {rng.choice(VERBS[verb_mood])} {a}."
     return f"{a} was {_adjective(rng, mood)}, {b} was {_adjective(rng, mood)}."
 
 
-def review(rng: random.Random, topic: str) -> str:
-    """One response: 1-2 sentences in the review's mood, sometimes followed by a verdict."""
-    mood = _pick(rng, MOOD_WEIGHTS)
+def review(rng: random.Random, topic: str, moods: dict[str, float] = MOOD_WEIGHTS) -> str:
+    """One response: 1-2 sentences in the review's mood (drawn from `moods`), sometimes
+    followed by a verdict."""
+    mood = _pick(rng, moods)
     sentences = [_sentence(rng, topic, mood) for _ in range(rng.choice([1, 1, 2]))]
     if rng.random() < 0.5:
         verdict_mood = mood if mood in VERDICTS else "neu"
@@ -134,13 +141,16 @@ def review(rng: random.Random, topic: str) -> str:
     return " ".join(sentences)
 
 
-def demonstrations(prompts: list[str], n: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, response) pairs; the response starts with the space that follows the prompt."""
+def demonstrations(prompts: list[str], n: int, seed: int, style: str = "mixed") -> list[tuple[str, str]]:
+    """(prompt, response) pairs; the response starts with the space that follows the prompt.
+    `style`: a key of REVIEW_STYLES."""
+    if style not in REVIEW_STYLES:
+        raise ValueError(f"review style {style!r} unknown; valid choices: {', '.join(REVIEW_STYLES)}")
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
         prompt = rng.choice(prompts)
-        pairs.append((prompt, " " + review(rng, topic_of(prompt))))
+        pairs.append((prompt, " " + review(rng, topic_of(prompt), REVIEW_STYLES[style])))
     return pairs
 
 

@@ -2,7 +2,11 @@
 Overoptimization with Constrained RLHF").
 
 Task: env=text with the composite reward (envs/composite.py): components praise and detail,
-each a useful proxy of the hidden evaluation score only up to a point.
+each a useful proxy of the hidden evaluation score only up to a point. Since the fourth full run
+the task is rebuilt so that the proxy points lie away from the SFT policy (TASK): the SFT policy
+imitates plain reviews (env.reviews=plain: praise 0.000, detail 0.187 on its demonstrations)
+and the detail sweet spot is 0.30 (praise 0.15), so both components must climb to their points
+and can pass them (descriptive praise words count for both).
 
 Runs (seed 0 unless stated; every run the same number of phases):
   1. proxy-point identification: PPO with fixed weights on each component alone and on
@@ -36,9 +40,13 @@ lies above 0:
      (bootstrap over seeds; the paper's "peaks and then falls by more than 20%");
   5. xi-PPO ends near the proxy points: per seed, 0.05 minus the largest |final component -
      proxy point| (bootstrap over seeds).
+  6. xi-PPO spends less KL than the untuned PPO: per seed, untuned PPO's final KL minus
+     xi-PPO's (bootstrap over seeds).
 The verdict combines them. Final training-sample values are means over the last TAIL phases.
+The multipliers' first and last values are reported beside the verdict.
 
-History (in the Claim's `history`): the first two full runs (one seed) decided by thresholds.
+History (in the Claim's `history`): the first two full runs (one seed) decided by thresholds;
+the third (effects 1-5, on the old task where the SFT policy already wrote mixed reviews).
 """
 from __future__ import annotations
 
@@ -58,6 +66,8 @@ SMOOTH = 9  # moving-average window of the plotted curves and of the peak
 FIXED_WEIGHTS = {"sum": (1.0, 1.0), "sum-x0.3": (0.3, 0.3), "sum-x0.1": (0.1, 0.1)}
 CONSTRAINED = {"mu-PPO": ["algo.form=mu"], "xi-PPO": ["algo.form=xi"], "All-PPO": ["algo.form=all"]}
 COMPONENTS = ("praise", "detail")
+# the task (module docstring): SFT on plain reviews, sweet spots above them
+TASK = ["env.reviews=plain", "reward.eval_sweet_spots=[0.15,0.3]"]
 
 
 IDENTIFY = ["ppo-praise-only", "ppo-detail-only", *[f"ppo-{name}" for name in FIXED_WEIGHTS]]
@@ -94,6 +104,7 @@ def sweep(quick: bool) -> list[RunSpec]:
         seeds = (0, 1, 2)
         common = ["train.steps=70", "train.checkpoint_every=0", "eval.prompts=64", "eval.samples_per_prompt=4"]
         nm = ["algo.nm_phases=6", "algo.nm_max_evals=9"]  # 54 phases of search, then the best thresholds
+    common = [*TASK, *common]
     ppo = ["algo=ppo", "reward=composite", *common]
     specs = [RunSpec("ppo-praise-only", "identify", [*ppo, "reward.weights=[1.0,0.0]"], {"weights": (1.0, 0.0), "seed": 0}),
              RunSpec("ppo-detail-only", "identify", [*ppo, "reward.weights=[0.0,1.0]"], {"weights": (0.0, 1.0), "seed": 0})]
@@ -132,11 +143,11 @@ def smoothed(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
 
 def held_out_eval(result: RunResult) -> dict[int, float]:
     """Prompt seed -> mean hidden evaluation score of the run's final held-out samples."""
-    from envs.composite import CompositeScorer
-    from rlhf.config import compose
+    from omegaconf import OmegaConf
 
-    cfg = compose(["reward=composite"])
-    scorer = CompositeScorer.from_config(cfg.reward)
+    from envs.composite import CompositeScorer
+
+    scorer = CompositeScorer.from_config(OmegaConf.load(result.run_dir / "config.yaml").reward)
     final = sorted((result.run_dir / "eval").glob("samples_step_*.jsonl"))[-1]
     per_prompt: dict[int, list[float]] = {}
     for line in final.read_text().splitlines():
@@ -181,7 +192,9 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
                paired_effect("xi-PPO - untuned PPO (1, 1), held-out evaluation score", xi, held_out(untuned_label)),
                seed_effect("untuned PPO (1, 1) drop from its peak evaluation score, share of the peak, - 0.2",
                            drops, 0.2),
-               seed_effect("xi-PPO 0.05 - largest |final component - proxy point|", [0.05] * len(xi_gaps), xi_gaps)]
+               seed_effect("xi-PPO 0.05 - largest |final component - proxy point|", [0.05] * len(xi_gaps), xi_gaps),
+               seed_effect("untuned PPO (1, 1) final KL - xi-PPO final KL", [finals(r)["kl"] for r in runs[untuned_label]],
+                           [finals(r)["kl"] for r in runs["xi-PPO"]])]
     outcome = combine([e.outcome for e in effects])
 
     # plots: evaluation score and each component vs step (smoothed, seed 0), multipliers vs step
@@ -212,11 +225,15 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
         arm_rows.append(f"| {label} | {len(rs)} | {f['eval']:.4f} | {held_out(label).mean():.4f} | {f['praise']:.4f} | "
                         f"{f['detail']:.4f} | {f['quality']:.3f} | {f['kl']:.2f} |")
     nm_theta = {c: tail_mean(by_name["NM-PPO"], f"lagrange/threshold_{c}") for c in COMPONENTS}
+    moves = [f"{arm} {c} {np.mean([series(r, f'lagrange/lambda_{c}')[0][1] for r in runs[arm]]):+.3f} -> "
+             f"{np.mean([series(r, f'lagrange/lambda_{c}')[-1][1] for r in runs[arm]]):+.3f}"
+             for arm in ("mu-PPO", "xi-PPO") for c in COMPONENTS]
     verdict = Verdict(
         reproduced=outcome == REPRODUCED, outcome=outcome,
         criterion=("xi-PPO and mu-PPO above the tuned fixed-weight PPO and xi-PPO above the untuned one in held-out "
                    "evaluation score (paired by prompt, seeds averaged); the untuned PPO falls > 20% from its peak; "
-                   f"xi-PPO ends within 0.05 of the proxy points; 95% bootstrap intervals, {len(seeds)} seeds"),
+                   f"xi-PPO ends within 0.05 of the proxy points with less KL than the untuned PPO; 95% bootstrap "
+                   f"intervals, {len(seeds)} seeds"),
         measured="; ".join(f"{e.name} {e.estimate:+.3f} [{e.low:+.3f}, {e.high:+.3f}] {e.outcome}" for e in effects)
         + f"; tuned PPO = weights {FIXED_WEIGHTS[tuned]}")
     body = "\n".join([
@@ -224,6 +241,7 @@ def analyze(results: list[RunResult], out: Path) -> tuple[Verdict, str]:
         f"logged phases): " + ", ".join(f"{c} {theta[c]:.4f}" for c in COMPONENTS)
         + "; individual fits: " + ", ".join(f"{c} {proxy['individual'][c]:.4f}" for c in COMPONENTS)
         + ". NM-PPO ended on thresholds " + ", ".join(f"{c} {nm_theta[c]:.4f}" for c in COMPONENTS) + ".",
+        "", "Multipliers (squashed, first -> last logged value, mean over seeds): " + "; ".join(moves) + ".",
         "", "## Effects in the verdict (95% intervals)", "", *[f"- {e.line()}" for e in effects], "",
         f"Final = mean of the last {TAIL} phases (training samples); held-out = the hidden evaluation score of the "
         "final held-out samples, mean over prompts and seeds.", "",
@@ -249,5 +267,11 @@ register(Claim(
         "proxy point (> theta + 0.03) and below its peak evaluation; xi-PPO and mu-PPO end with a higher evaluation "
         "score than it (training samples, last 15 phases); xi-PPO's components end within 0.05 of their proxy "
         "points. Verdict: NOT REPRODUCED (the tuned PPO, weights (0.1, 0.1), overshot by only +0.022; xi-PPO 0.505 "
-        "vs 0.497, held out 0.493 vs 0.476; xi-PPO within 0.011 of the proxy points; NM-PPO 0.184)."],
+        "vs 0.497, held out 0.493 vs 0.476; xi-PPO within 0.011 of the proxy points; NM-PPO 0.184).",
+        "Third full run (19 runs, 13.4 min; SFT on the mixed corpus, sweet spots (0.15, 0.22); effects 1-5, no KL "
+        "effect): NOT REPRODUCED -- xi-PPO - tuned PPO (0.1, 0.1) -0.007 [-0.014, +0.000]; mu-PPO - tuned PPO -0.006 "
+        "[-0.012, -0.000]; xi-PPO - untuned PPO +0.363 [+0.354, +0.373]; untuned drop from peak - 0.2 +0.501 [+0.469, "
+        "+0.525]; xi-PPO 0.05 - distance to the points -0.012 [-0.012, -0.012] (proxy points praise 0.070, detail "
+        "0.123, the latter below the SFT policy's own detail share). The task was then rebuilt (issue: the proxy "
+        "points lay too close to SFT for the constraint to matter)."],
 ))
