@@ -128,7 +128,7 @@ def test_overlap_setting_raises_the_components_correlation():
 
 
 def test_plain_reviews_hold_no_praise_stay_fluent_and_leave_the_mixed_corpus_unchanged():
-    """env.reviews=plain: the constrained task's SFT data states facts without praise (so the
+    """env.reviews=plain: the constrained task's SFT data states facts with rare praise (so the
     praise proxy point lies well above the SFT policy), in the grammar's own bigrams; the
     default corpus and the tokenizer's text are what they were."""
     from envs.text import ReviewEnv, corpus
@@ -136,12 +136,13 @@ def test_plain_reviews_hold_no_praise_stay_fluent_and_leave_the_mixed_corpus_unc
     plain, mixed = ReviewEnv(reviews="plain"), ReviewEnv()
     scorer = CompositeScorer()
     texts = [r for _, r in plain.demonstrations(2000, seed=0)]
-    assert max(scorer.components(t)["praise"] for t in texts) == 0.0
+    assert 0.0 < np.mean([scorer.components(t)["praise"] for t in texts]) < 0.03  # rare: RL can still find praise
     assert np.mean([scorer.components(t)["detail"] for t in texts]) > 0.15  # the aspects are still named
     _, bigrams = corpus.fluency_tables()
     assert all(b in bigrams for t in texts for ws in corpus.sentences(t) for b in zip(ws, ws[1:]))
     praised = np.mean([scorer.components(r)["praise"] for _, r in mixed.demonstrations(2000, seed=0)])
     assert praised > 0.05
+    assert not any(v in t.split() for t in texts for v in corpus.VERBS["pos"])  # no verbs of liking
     assert mixed.demonstrations(50, seed=3) == corpus.demonstrations(mixed.prompts, 50, 3)
     assert plain.corpus(50, seed=1) == mixed.corpus(50, seed=1)  # one tokenizer for both styles
     assert "reviews" not in mixed.fingerprint() and plain.fingerprint()["reviews"] == "plain"

@@ -73,11 +73,12 @@ VERDICTS = {
 }
 # How a review's sentiment translates into the sentiment of each adjective it uses.
 MOODS = {"pos": {"pos": 0.75, "neu": 0.25}, "neg": {"neg": 0.75, "neu": 0.25},
-         "mixed": {"pos": 0.35, "neg": 0.35, "neu": 0.3}, "plain": {"neu": 1.0}}
+         "mixed": {"pos": 0.35, "neg": 0.35, "neu": 0.3}, "plain": {"neu": 0.85, "pos": 0.075, "neg": 0.075}}
 MOOD_WEIGHTS = {"pos": 0.3, "neg": 0.3, "mixed": 0.4}
 # Which reviews the demonstrations hold (env.reviews): `mixed` is the corpus above; `plain` has
-# only neutral adjectives, no verbs of liking and neutral verdicts -- reviews that state facts
-# without praise (the SFT policy of the constrained-RLHF task, docs/constrained_rlhf.md).
+# mostly neutral adjectives (a rare praising or complaining one, so that RL can still find
+# praise), no verbs of liking and neutral verdicts -- reviews that state facts (the SFT policy
+# of the constrained-RLHF task, docs/constrained_rlhf.md).
 REVIEW_STYLES = {"mixed": MOOD_WEIGHTS, "plain": {"plain": 1.0}}
 
 

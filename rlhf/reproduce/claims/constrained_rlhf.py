@@ -4,7 +4,7 @@ Overoptimization with Constrained RLHF").
 Task: env=text with the composite reward (envs/composite.py): components praise and detail,
 each a useful proxy of the hidden evaluation score only up to a point. Since the fourth full run
 the task is rebuilt so that the proxy points lie away from the SFT policy (TASK): the SFT policy
-imitates plain reviews (env.reviews=plain: praise 0.000, detail 0.187 on its demonstrations)
+imitates plain reviews (env.reviews=plain: praise 0.014, detail 0.191 on its demonstrations)
 and the detail sweet spot is 0.30 (praise 0.15), so both components must climb to their points
 and can pass them (descriptive praise words count for both).
 
