@@ -12,7 +12,11 @@ evaluation score:
   quadratic in r_i; theta_i = the fit's argmax within the observed range of r_i;
 * joint (the paper's key finding: correlated components shift each other's proxy point):
   eval is fitted as a quadratic surface in all components over every run's points;
-  theta = its argmax over the observed box (grid search).
+  theta = its argmax over the observed box (grid search). A quadratic whose Hessian is not
+  negative definite has no peak (its box argmax is a corner the fit extrapolates to, where no
+  run went), so then theta = the argmax over the logged points of a kernel-smoothed surface
+  (Nadaraya-Watson, Gaussian kernel, Scott's-rule bandwidth per component) -- the paper fits
+  "a smooth surface" with KDE smoothing; `joint_method` in the file says which was used.
 
 The file holds `thresholds` (the chosen method's values, what `algo.thresholds=<file>` of
 algo=constrained_ppo reads), both estimates, the fits and the observed ranges.
@@ -86,6 +90,25 @@ def argmax_on_box(coef: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.nda
     return grid[int(np.argmax(quadratic_features(grid) @ coef))]
 
 
+def concave(coef: np.ndarray, n: int) -> bool:
+    """Is the quadratic's Hessian negative definite (a single interior peak)?"""
+    hessian = np.zeros((n, n))
+    for (i, j), c in zip(itertools.combinations_with_replacement(range(n), 2), coef[1 + n:]):
+        hessian[i, j] += c
+        hessian[j, i] += c
+    return bool(np.all(np.linalg.eigvalsh(hessian) < 0))
+
+
+def kernel_argmax(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """The logged point where a Nadaraya-Watson smoothing of eval (Gaussian kernel, Scott's
+    rule bandwidth on each component) is highest, and that smoothed value."""
+    bandwidth = np.maximum(x.std(0), 1e-12) * len(x) ** (-1.0 / (x.shape[1] + 4))
+    weights = np.exp(-0.5 * (((x[:, None, :] - x[None, :, :]) / bandwidth) ** 2).sum(-1))
+    smooth = weights @ y / weights.sum(1)
+    best = int(np.argmax(smooth))
+    return x[best], float(smooth[best])
+
+
 def proxy_points(run_dirs: list[Path], use: str = "joint") -> dict:
     from envs.composite import COMPONENTS
 
@@ -96,7 +119,8 @@ def proxy_points(run_dirs: list[Path], use: str = "joint") -> dict:
         raise ValueError(f"only {len(y)} logged phases in {len(run_dirs)} runs: too few to fit proxy points")
     low, high = x.min(0), x.max(0)
     joint_coef, joint_r2 = fit_quadratic(x, y)
-    joint = argmax_on_box(joint_coef, low, high)
+    joint_method = "quadratic" if concave(joint_coef, x.shape[1]) else "kernel"
+    joint = argmax_on_box(joint_coef, low, high) if joint_method == "quadratic" else kernel_argmax(x, y)[0]
     individual, fits = {}, {}
     for i, name in enumerate(COMPONENTS):
         rows = np.concatenate([np.full(r["points"], r["weights"][i] > 0) for r in runs])
@@ -108,7 +132,7 @@ def proxy_points(run_dirs: list[Path], use: str = "joint") -> dict:
         fits[name] = {"coefficients": coef.tolist(), "r2": r2, "points": int(len(yi))}
     chosen = dict(zip(COMPONENTS, map(float, joint))) if use == "joint" else individual
     return {"thresholds": chosen, "method": use,
-            "joint": dict(zip(COMPONENTS, map(float, joint))), "individual": individual,
+            "joint": dict(zip(COMPONENTS, map(float, joint))), "joint_method": joint_method, "individual": individual,
             "joint_fit": {"coefficients": joint_coef.tolist(), "r2": joint_r2, "points": int(len(y))},
             "individual_fits": fits,
             "observed": {n: [float(low[i]), float(high[i])] for i, n in enumerate(COMPONENTS)},
@@ -133,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = write(args.runs, args.out, args.use)
     print(f"proxy points ({args.use}): " + ", ".join(f"{k}={v:.4f}" for k, v in result["thresholds"].items())
-          + f"  [joint fit R^2 {result['joint_fit']['r2']:.3f} on {result['joint_fit']['points']} points] -> {args.out}")
+          + f"  [joint: {result['joint_method']}; quadratic fit R^2 {result['joint_fit']['r2']:.3f} on "
+          f"{result['joint_fit']['points']} points] -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -211,8 +211,27 @@ def test_proxy_points_recover_a_known_peak(tmp_path):
     assert result["thresholds"]["praise"] == pytest.approx(0.15, abs=0.01)
     assert result["thresholds"]["detail"] == pytest.approx(0.22, abs=0.01)
     assert result["joint_fit"]["r2"] > 0.99 and result["joint_fit"]["points"] == 120
+    assert result["joint_method"] == "quadratic"  # a concave fit keeps the quadratic's peak
     assert [r["weights"] for r in result["runs"]] == [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
     assert load_thresholds(str(out), COMPONENTS) == [result["thresholds"]["praise"], result["thresholds"]["detail"]]
+
+
+def test_a_joint_fit_without_a_peak_falls_back_to_the_smoothed_surface_over_logged_points():
+    """A saddle-shaped quadratic has no proxy point (its box argmax is a corner no run
+    visited): the joint estimate is then the logged point where the kernel-smoothed
+    evaluation is highest."""
+    from rlhf.proxy_points import concave, kernel_argmax, quadratic_features
+
+    assert concave(np.array([0.0, 0.0, 0.0, -1.0, 0.2, -2.0]), 2)  # -x^2 + 0.2xy - 2y^2
+    assert not concave(np.array([0.0, 0.0, 0.0, 5.0, -8.5, 1.0]), 2)  # the fourth full run's shape
+    assert quadratic_features(np.ones((1, 2))).shape == (1, 6)
+    rng = np.random.default_rng(0)
+    x = rng.uniform([0.0, 0.1], [0.3, 0.5], size=(300, 2))
+    peak = np.array([0.05, 0.25])
+    y = -np.abs(x - peak).sum(1) + rng.normal(0, 0.005, len(x))  # a kinked peak, like the composite score
+    best, value = kernel_argmax(x, y)
+    assert any(np.array_equal(best, row) for row in x)
+    assert np.abs(best - peak).max() < 0.04 and value > y.mean()
 
 
 def lagrange_tail(run_dir):
