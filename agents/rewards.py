@@ -52,6 +52,16 @@ class RewardModelEnsemble:
         self.member_pass = member_pass
         self._stacked = None
 
+    def to(self, device) -> "RewardModelEnsemble":
+        """Move every member (and the normalization) to `device`; scoring then takes inputs there."""
+        self.members = [m.to(device) for m in self.members]
+        self.shift, self.scale, self._stacked = self.shift.to(device), self.scale.to(device), None
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.members[0].parameters()).device
+
     @property
     def model(self) -> ValueModel:
         """A member, e.g. to initialize PPO's critic from."""
@@ -59,7 +69,8 @@ class RewardModelEnsemble:
 
     @torch.no_grad()
     def member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[k, B] normalized scores."""
+        """[k, B] normalized scores, on the members' device."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         use_vmap = self.member_pass == "vmap" or (self.member_pass == "auto" and input_ids.is_cuda)
         if use_vmap and len(self.members) > 1:
             raw = self._vmap_scores(input_ids, attention_mask)

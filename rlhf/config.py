@@ -210,6 +210,11 @@ def _check_combinations(cfg: DictConfig) -> None:
         import torch
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda but no CUDA device is visible; valid choices here: device=cpu")
+        from rlhf.algos import algo_names, algorithm_class
+        cuda_algos = sorted(a for a in algo_names() if getattr(algorithm_class(a), "runs_on_cuda", False))
+        if str(cfg.algo.name) not in cuda_algos:
+            raise ConfigError(f"algo={cfg.algo.name} runs on the CPU only; device=cuda is supported by algo="
+                              f"{', '.join(cuda_algos)} (checked on a GPU: docs/scale.md)")
     if cfg.model.path and not Path(str(cfg.model.path)).expanduser().is_dir():
         raise ConfigError(f"model.path={cfg.model.path} is not a directory")
     if cfg.train.resume not in (None, False) and str(cfg.train.resume).lower() not in ("true", "latest"):

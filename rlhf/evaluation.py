@@ -67,7 +67,7 @@ def evaluate_policy(cfg, policy, ref, tokenizer, reward_model=None, processors=(
         torch.manual_seed(int(cfg.seed) + EVAL_SEED_OFFSET)
         episodes = runner.run(envs, seeds)
     policy.train(was_training)
-    batch = collate(episodes, tokenizer.pad_token_id)
+    batch = collate(episodes, tokenizer.pad_token_id).to(next(policy.parameters()).device)
     tau = temperature or 1.0
     if processors:
         logp = batch.behaviour_logprobs

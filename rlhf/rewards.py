@@ -128,7 +128,7 @@ class EnsembleReward(RewardSource):
         if len(members) > 1:  # with one reward model these would repeat objective/scores
             metrics = {"ensemble/mean": float(members.mean()), "ensemble/min": float(members.min(0).values.mean()),
                        "ensemble/std": float(members.std(0, unbiased=False).mean())}
-        return place_on_last_turn(episodes, batch, scores), metrics
+        return place_on_last_turn(episodes, batch, scores.cpu()), metrics  # rewards are assembled on the CPU
 
 
 def build_reward_source(cfg, policy_dir: Path, vector: bool = False):

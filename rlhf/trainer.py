@@ -49,14 +49,21 @@ class Trainer(Job):
         probe_env = env_base.make(self.env_name, split="train", **env_settings(cfg.env))
         self.policy_dir = warm_start_policy(cfg, probe_env, log.info)
         self.tokenizer = load_tokenizer(self.policy_dir)
-        policy = load_lm(self.policy_dir)
+        # every model lives on cfg.device; episodes are collated and rewarded on the CPU, then
+        # the batch moves there (warm starts are built on the CPU and cached)
+        self.device = torch.device(str(cfg.device))
+        policy = load_lm(self.policy_dir).to(self.device)
         self.ref = frozen_copy(policy)
         if int(cfg.model.lora.rank) > 0:
             policy = apply_lora(policy, cfg.model.lora)
         self.policy = policy
         algo_cls = algorithm_class(str(cfg.algo.name))
         self.reward, reward_model = build_reward_source(cfg, self.policy_dir, getattr(algo_cls, "vector_reward", False))
+        if isinstance(self.reward, EnsembleReward):
+            self.reward.ensemble.to(self.device)
         self.algo = algo_cls(cfg, policy, self.ref, self.tokenizer, reward_model=reward_model)
+        for module in self.algo.modules().values():  # critics, value heads: in place, so optimizers keep them
+            module.to(self.device)
         self.num_episodes = int(cfg.train.prompts_per_step) * self.algo.samples_per_prompt
         # engine + environments: in this process (launcher=local) or in Ray actors (launcher=ray)
         self.rollout = make_rollout(cfg, policy, self.tokenizer, self.policy_dir, self.num_episodes)
@@ -121,6 +128,7 @@ class Trainer(Job):
         batch = collate(episodes, self.tokenizer.pad_token_id)
         turn_rewards, metrics = self.reward(episodes, batch)
         t_score = time.time() - t0 - t_gen
+        batch, turn_rewards = batch.to(self.device), turn_rewards.to(self.device)
         batch.old_logprobs, gap = self.old_logprobs(batch)
         t1 = time.time()
         metrics.update(self.algo.step(batch, turn_rewards))

@@ -22,6 +22,7 @@ from rlhf.rollout.batch import Batch
 
 class Algorithm:
     name = "base"
+    runs_on_cuda = True  # the shared loop places models and batches on cfg.device (checked per algorithm on a GPU)
 
     def __init__(self, cfg, policy: nn.Module, ref: nn.Module, tokenizer, **_: Any):
         self.cfg = cfg

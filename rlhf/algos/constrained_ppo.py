@@ -153,14 +153,15 @@ class ConstrainedPPO(Algorithm):
                         for h in range(n + 1)]
             advantages = torch.stack([adv for adv, _ in per_head], dim=-1)
             returns = torch.stack([ret for _, ret in per_head], dim=-1)
-            episode_scores = component_rewards.sum(1)  # [B, N]: reward-to-go from the first token (terminal reward)
+            # [B, N]: reward-to-go from the first token (terminal reward); on the CPU, with the multipliers
+            episode_scores = component_rewards.sum(1).cpu()
 
         stats: dict[str, list[float]] = {}
         for _ in range(int(a.epochs)):
             for idx in minibatch_indices(len(batch), int(a.minibatches), self.generator):
                 mb, m = batch.select(idx), mask[idx]
                 white = torch.stack([masked_whiten(advantages[idx][..., h], m, eps=WHITEN_EPS) for h in range(n + 1)], -1)
-                weights = self.multipliers.detach()
+                weights = self.multipliers.detach().to(m.device)
                 a_mix = mixed_advantage(white[..., 0], white[..., 1:], weights, self.form) * m
                 logp, logits = self.logprobs(self.policy, mb)
                 pg_loss, pg_stats = clipped_policy_loss(logp, old_logp[idx], a_mix, m, float(a.clip))

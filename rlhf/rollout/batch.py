@@ -26,6 +26,11 @@ class Batch:
         picked = {f.name: getattr(self, f.name) for f in fields(self)}
         return Batch(**{k: v[index] if v is not None else None for k, v in picked.items()})
 
+    def to(self, device) -> "Batch":
+        """The same batch on `device` (the policy's: rollouts are collated on the CPU)."""
+        return Batch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                        for f in fields(self)})
+
     @property
     def response_length(self) -> torch.Tensor:
         return self.action_mask.sum(-1)

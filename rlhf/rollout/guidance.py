@@ -45,7 +45,8 @@ class ValueGuidance(LogitsProcessor):
         batch, length = input_ids.shape
         prompt_mask = self.prompt_mask if self.prompt_mask is not None else torch.ones_like(input_ids)
         generated = length - prompt_mask.shape[1]
-        mask = torch.cat([prompt_mask, torch.ones(batch, generated + 1, dtype=prompt_mask.dtype)], dim=1)
+        mask = torch.cat([prompt_mask, torch.ones(batch, generated + 1, dtype=prompt_mask.dtype,
+                                                  device=prompt_mask.device)], dim=1)
         candidates = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1).indices  # [B, K]
         k = candidates.shape[1]
         extended = torch.cat([input_ids.repeat_interleave(k, 0), candidates.reshape(-1, 1)], dim=1)
