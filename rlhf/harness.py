@@ -154,6 +154,8 @@ def rng_state(generators: dict[str, Any] | None = None) -> dict[str, Any]:
     """Global python/numpy/torch RNG states plus each registered generator's."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "generators": {name: _get_state(g) for name, g in (generators or {}).items()}}
+    if torch.cuda.is_available():  # sampling on a GPU (device=cuda) draws from the CUDA generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
@@ -161,6 +163,8 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, Any] | None = Non
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     saved = state.get("generators", {})
     for name, generator in (generators or {}).items():
         if name not in saved:

@@ -4,6 +4,7 @@ last ran).
 
 * every algorithm of the shared loop trains and evaluates with all its models on the GPU;
 * a teacher-forced pass and one PPO update give the same numbers on the GPU as on the CPU;
+* a run paused and resumed on the GPU ends as the same run made in one go (CUDA RNG included);
 * an algorithm outside the shared loop is refused with device=cuda before any work starts.
 """
 from __future__ import annotations
@@ -92,3 +93,25 @@ def test_cuda_matches_cpu(tmp_path):
 def test_cpu_only_algorithm_is_refused():
     with pytest.raises(ConfigError, match="runs on the CPU only"):
         validate(compose_cfg(["algo=dpo", "device=cuda"]))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "p3o"])
+def test_resume_on_cuda_equals_one_go(algo, tmp_path):
+    """As tests/test_resume_all.py, on the GPU: the checkpoint holds the CUDA generators' state,
+    which the sampling there draws from."""
+    from rlhf.checkpoint import latest_checkpoint, load_checkpoint
+    from rlhf.train import run
+
+    overrides = [*CASES[algo], "device=cuda", "train.steps=3", "train.checkpoint_every=1", "train.log_every=1"]
+    run(compose_cfg(overrides), tmp_path / "whole")
+    run(compose_cfg([*overrides, "train.stop_after=1"]), tmp_path / "paused")
+    run(compose_cfg([*overrides, "train.resume=true"]), tmp_path / "paused")
+    whole = load_checkpoint(latest_checkpoint(tmp_path / "whole"))[1]
+    resumed = load_checkpoint(latest_checkpoint(tmp_path / "paused"))[1]
+    for module in whole:
+        for name, tensor in whole[module].items():
+            if torch.is_tensor(tensor) and tensor.is_floating_point():
+                torch.testing.assert_close(resumed[module][name], tensor, rtol=0, atol=1e-4, msg=f"{module}.{name}")
+    a, b = read_scalars(tmp_path / "whole"), read_scalars(tmp_path / "paused")
+    for tag in ("objective/scores", "response_length/mean", "loss/policy"):
+        assert [v for _, v in a[tag]] == pytest.approx([v for _, v in b[tag]], rel=1e-3, abs=1e-4), tag
