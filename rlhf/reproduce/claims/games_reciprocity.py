@@ -401,6 +401,11 @@ register(Claim(
               "one open-loop sequence against everyone.",
     runs=sweep, analyze=analyze, workers=2,
     budget="1 SFT warm start, 2 arms x 3 seeds x 40 PPO phases of 64 games, 6 behavioural evaluations "
-           "(9 opponents x 48 games): 22.8 CPU-min; 48.9 min wall measured on 2 cores shared with other jobs "
-           "(load 7-10), ~12-15 min expected on 2 quiet cores (not measured)",
+           "(9 opponents x 48 games): 4.6 min wall on 2 nearly quiet cores (7.7 CPU-min), warm start built in it",
+    history=["Full run 1 (2026-12-03, same criterion, on the code before the PPO phase speed-ups of docs/profile.md: "
+             "log-probs from the LM head on generated tokens only and pi_old from the engine's behaviour log-probs, "
+             "which change float rounding; 48.9 min on contended cores): REPRODUCED, every population seed "
+             "conditioned on the history (vs Tit For Tat mutual cooperation 0.965 [0.938, 0.986], vs Defector "
+             "defection 0.934 [0.894, 0.964], vs Grudger no first defection 0.938 [0.868, 0.986]; part 2 +0.684 "
+             "[+0.627, +0.741]). Full run 2 (this report, current code, criterion unchanged) gives the verdict above."],
 ))
