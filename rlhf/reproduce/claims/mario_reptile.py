@@ -171,10 +171,15 @@ register(Claim(
               "than a PPO policy pretrained on the same training stages with the same env steps.",
     runs=sweep, analyze=analyze, workers=2,
     budget="30 runs, two at once: 3 arms x 5 seeds, 8,192 meta/pretraining env steps for two arms, K=1,024 "
-           "adaptation steps, 3 x 10 evaluation episodes each; --quick: 6 runs (~30 s)",
+           "adaptation steps, 3 x 10 evaluation episodes each: 8.8 min on 2 nearly quiet cores; --quick: 6 runs (~30 s)",
     history=[
         "First full run (3 seeds, 8,192 meta/pretraining steps, K = 1,024, 3 x 6 evaluation episodes): mean x after K "
         "steps larger for Reptile than for the random and the PPO-pretrained init, and Reptile better in a majority "
         "of seeds against each; no interval. Verdict: NOT REPRODUCED (x @ K: Reptile 583 +- 84, PPO-pretrained 608 "
-        "+- 149, random 398 +- 72; Reptile better than random in 3/3 seeds, than PPO in 2/3; 9.5 min)."],
+        "+- 149, random 398 +- 72; Reptile better than random in 3/3 seeds, than PPO in 2/3; 9.5 min).",
+        "Second full run under this criterion (2026-12-03, 18.0 min on shared cores, in the directory that held the "
+        "earlier sweeps' runs, which the runner reuses by name): INCONCLUSIVE (AUC Reptile - random +79.8 [+5.7, "
+        "+153.1], Reptile - PPO-pretrained +5.1 [-66.3, +76.6]; x @ K Reptile 552, PPO-pretrained 525, random 396). "
+        "This report is a fresh sweep of the same code and criterion in an empty directory; its random-init arm "
+        "matches that run's exactly, its two pretrained arms do not."],
 ))
