@@ -101,3 +101,44 @@ def test_quick_mcts_dpo_claim_reports_intervals(tmp_path):
     assert "C = 0 ablation" in report and "95% CI" in report and "nan" not in report
     for png in ("accuracy_vs_iteration.png", "accuracy_per_method.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_a_finished_run_is_reused_only_with_the_same_settings_and_code(tmp_path, monkeypatch):
+    """A claim re-run after a code change must not silently reuse runs trained on the old code
+    (mario_reptile once mixed such runs into a verdict)."""
+    import rlhf.train
+    from rlhf import reproduce
+
+    trained = []
+
+    def fake_run(cfg, run_dir):
+        trained.append(int(cfg.train.steps))
+        (run_dir / "eval").mkdir(parents=True)
+        (run_dir / "eval" / "step_000001.json").write_text("{}")
+
+    monkeypatch.setattr(rlhf.train, "run", fake_run)
+    one, two = reproduce.RunSpec("a", "arm", ["train.steps=1"]), reproduce.RunSpec("a", "arm", ["train.steps=2"])
+    assert not reproduce.execute(one, tmp_path).reused
+    assert reproduce.execute(one, tmp_path).reused  # same overrides, same code
+    assert not reproduce.execute(two, tmp_path).reused  # other settings: moved aside, trained again
+    assert (tmp_path / "a.stale-1" / "eval").is_dir()
+    monkeypatch.setattr(reproduce, "training_code_digest", lambda: "other code")
+    assert not reproduce.execute(two, tmp_path).reused  # other training code
+    assert reproduce.execute(two, tmp_path).reused
+    (tmp_path / "a" / reproduce.RUN_RECORD).unlink()  # a run made before runs were recorded
+    assert not reproduce.execute(two, tmp_path).reused
+    assert trained == [1, 2, 2, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "a.stale-1", "a.stale-2", "a.stale-3"]
+
+
+def test_the_training_code_digest_ignores_the_claims_analysis():
+    from rlhf import reproduce
+
+    before = reproduce.training_code_digest()
+    claim = Path(reproduce.__file__).parent / "claims" / "p3o_frontier.py"
+    text = claim.read_text()
+    try:
+        claim.write_text(text + "\n# an analysis-only edit\n")
+        assert reproduce.training_code_digest() == before
+    finally:
+        claim.write_text(text)

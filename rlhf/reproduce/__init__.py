@@ -123,18 +123,61 @@ def get_claim(name: str) -> Claim:
     return known[name]
 
 
+RUN_RECORD = "reproduce_run.json"  # what made a finished sweep run: its overrides and the training code's digest
+
+
+def training_code_digest() -> str:
+    """Digest of the code and configs a run's numbers depend on (rlhf, envs, agents, configs), leaving
+    out rlhf/reproduce: editing a claim's analysis or history must not force its runs to be retrained."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[2]
+    analysis = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for package in ("rlhf", "envs", "agents", "configs"):
+        for path in sorted((root / package).rglob("*")):
+            if path.suffix in (".py", ".yaml") and not path.is_relative_to(analysis):
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_record(spec: RunSpec, code: str) -> dict:
+    return {"overrides": list(spec.overrides), "evaluate": spec.evaluate, "code": code}
+
+
+def reusable(spec: RunSpec, run_dir: Path, code: str) -> bool:
+    """A finished run is reused only when the same overrides ran on the same training code. Any other
+    finished run (other settings, older code, or one made before runs were recorded) is moved aside to
+    `<name>.stale-<n>` (nothing is deleted) and trained again."""
+    done = run_dir / "eval"
+    if not (done.exists() and any(done.glob("step_*.json"))):
+        return False
+    record = run_dir / RUN_RECORD
+    if record.exists() and json.loads(record.read_text()) == run_record(spec, code):
+        return True
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
+        n += 1
+    stale = run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{n}"))
+    why = "it has no record of what made it" if not record.exists() else "its settings or the training code changed"
+    log.info(f"[reproduce] not reusing {run_dir}: {why}; moved to {stale.name}, training it again")
+    return False
+
+
 def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
-    """Train one run (or reuse it if a previous invocation finished it) and read its logs."""
+    """Train one run (or reuse it if a previous invocation finished it with the same overrides on the
+    same training code) and read its logs."""
     from rlhf.config import compose
     from rlhf.logger import read_scalars
     from rlhf.train import run
 
     run_dir = runs_dir / spec.name
-    done = run_dir / "eval"
     start = time.time()
     if spec.prepare is not None:
         spec.prepare(runs_dir)
-    reused = done.exists() and any(done.glob("step_*.json"))
+    code = training_code_digest()
+    reused = reusable(spec, run_dir, code)
     if reused:
         log.info(f"[reproduce] reusing finished run {run_dir}")
     else:
@@ -146,6 +189,7 @@ def execute(spec: RunSpec, runs_dir: Path) -> RunResult:
             evaluate([f"run={runs_dir / spec.evaluate}", f"out={run_dir}", *overrides])
         else:
             run(compose(overrides), run_dir)
+        (run_dir / RUN_RECORD).write_text(json.dumps(run_record(spec, code), indent=1))
     write_hparams(spec, run_dir)
     return RunResult(spec, run_dir, read_scalars(run_dir), time.time() - start, reused)
 
