@@ -48,16 +48,18 @@ def test_rl_on_math_raises_held_out_accuracy(train_run, algo, steps):
     assert accuracy[0][0] == 0 and end > start + ACCURACY_MARGIN, f"{start:.3f} -> {end:.3f}"
 
 
-PASS_MARGIN = 0.25  # held-out greedy pass@1 on env=code's DSL (20 problems); the SFT checkpoint scores 0.55 (measured)
-# the early-stopped warm start of the bcoder_code claim (characters as tokens; 30-60% greedy pass@1)
-CODE_SFT = ["model.tokenizer.vocab_size=258", "model.sft.demonstrations=16000", "model.sft.epochs=3"]
+PASS_MARGIN = 0.25  # held-out greedy pass@1 on env=code's DSL (20 problems); the SFT checkpoint scores 0.30 (measured)
+# an early-stopped warm start (characters as tokens) that leaves room to learn: 13,000 demonstrations
+# x 3 epochs score 0.30 greedy pass@1 on the 20 held-out problems (warm starts are built with one
+# thread; measured: 12,000 -> 0.00, 13,000 -> 0.30, 14,000 -> 0.75, 16,000 -> 0.95)
+CODE_SFT = ["model.tokenizer.vocab_size=258", "model.sft.demonstrations=13000", "model.sft.epochs=3"]
 
 
 @pytest.mark.slow
 def test_p3o_on_code_raises_held_out_pass_rate(train_run):
     """`python -m rlhf.train algo=p3o env=code reward=unit_tests`: the shared loop on the unit
     tests' reward; greedy pass@1 on the 20 held-out DSL problems before (step 0) and after 300
-    steps (measured with seed 0, threads=1: 0.55 -> 1.00 in 84 s)."""
+    steps (measured with seed 0, threads=1: 0.30 -> 0.95 in 42 s)."""
     run_dir = train_run(["algo=p3o", "env=code", "reward=unit_tests", "threads=1", *CODE_SFT, "eval.prompts=20",
                          "train.steps=300", "eval.every=100", "train.checkpoint_every=0"], "p3o-code")
     passed = read_scalars(run_dir)["eval/pass"]
