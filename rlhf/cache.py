@@ -44,13 +44,17 @@ def estimate(root: Path) -> str:
     return f"typically {TYPICAL.get(root.name, 'under a few minutes')} on 2 cores"
 
 
-def source_digest(module_names: list[str]) -> str:
+def source_digest(module_names: list[str], suffixes: tuple[str, ...] = (".py",), exclude: tuple[str, ...] = ()) -> str:
+    """Digest of the named modules' source (a package: every file with one of `suffixes` under it,
+    leaving out the subpackages named in `exclude`, e.g. "rlhf.reproduce")."""
+    skipped = [Path(importlib.import_module(name).__file__).parent for name in exclude]
     digest = hashlib.sha256()
     for name in sorted(module_names):
         module = importlib.import_module(name)
         paths = [Path(module.__file__)]
         if paths[0].name == "__init__.py":  # a package: hash all of it
-            paths = sorted(paths[0].parent.rglob("*.py"))
+            paths = sorted(p for p in paths[0].parent.rglob("*") if p.suffix in suffixes
+                           and not any(p.is_relative_to(d) for d in skipped))
         for path in paths:
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -129,17 +129,9 @@ RUN_RECORD = "reproduce_run.json"  # what made a finished sweep run: its overrid
 def training_code_digest() -> str:
     """Digest of the code and configs a run's numbers depend on (rlhf, envs, agents, configs), leaving
     out rlhf/reproduce: editing a claim's analysis or history must not force its runs to be retrained."""
-    import hashlib
+    from rlhf.cache import source_digest
 
-    root = Path(__file__).resolve().parents[2]
-    analysis = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for package in ("rlhf", "envs", "agents", "configs"):
-        for path in sorted((root / package).rglob("*")):
-            if path.suffix in (".py", ".yaml") and not path.is_relative_to(analysis):
-                digest.update(str(path.relative_to(root)).encode())
-                digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return source_digest(["rlhf", "envs", "agents", "configs"], suffixes=(".py", ".yaml"), exclude=("rlhf.reproduce",))
 
 
 def run_record(spec: RunSpec, code: str) -> dict:
