@@ -56,6 +56,10 @@ class RewardSource:
                 torch.tensor(deltas, dtype=torch.float64).reshape(-1, *[1] * (rewards.dim() - 2))
         return rewards, metrics
 
+    def to(self, device) -> "RewardSource":
+        """Put the source's models (if any) on `device`; the rewards it returns stay on the CPU."""
+        return self
+
 
 def place_on_last_turn(episodes: list[Episode], batch: Batch, scores: torch.Tensor) -> torch.Tensor:
     rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
@@ -120,6 +124,10 @@ class EnsembleReward(RewardSource):
     def __init__(self, ensemble: RewardModelEnsemble):
         self.ensemble = ensemble
         self.model = ensemble.model  # a member, e.g. to initialize PPO's critic from
+
+    def to(self, device) -> "EnsembleReward":
+        self.ensemble.to(device)
+        return self
 
     def score(self, episodes: list[Episode], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         members = self.ensemble.member_scores(batch.input_ids, batch.attention_mask)

@@ -59,8 +59,7 @@ class Trainer(Job):
         self.policy = policy
         algo_cls = algorithm_class(str(cfg.algo.name))
         self.reward, reward_model = build_reward_source(cfg, self.policy_dir, getattr(algo_cls, "vector_reward", False))
-        if isinstance(self.reward, EnsembleReward):
-            self.reward.ensemble.to(self.device)
+        self.reward.to(self.device)
         self.algo = algo_cls(cfg, policy, self.ref, self.tokenizer, reward_model=reward_model)
         for module in self.algo.modules().values():  # critics, value heads: in place, so optimizers keep them
             module.to(self.device)

@@ -87,7 +87,8 @@ def test_cuda_matches_cpu(tmp_path):
     step_cpu = sum(float((after_cpu[n] - before[n]).abs().sum()) for n in before)
     gap = sum(float((after_gpu[n].cpu() - after_cpu[n]).abs().sum()) for n in before)
     assert step_cpu > 0 and gap <= 0.01 * step_cpu, (gap, step_cpu)
-    cpu.close(), gpu.close()
+    cpu.close()
+    gpu.close()
 
 
 def test_cpu_only_algorithm_is_refused():
