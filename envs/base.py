@@ -33,6 +33,11 @@ class TextEnv:
     def step(self, action_text: str) -> tuple[str | None, Reward, bool, dict[str, Any]]:
         raise NotImplementedError(f"{type(self).__name__} must implement step(action_text)")
 
+    def allowed_actions(self) -> list[str] | None:
+        """The answers the policy may give now (the runner then decodes constrained to them),
+        or None for free text (the default)."""
+        return None
+
     # --- what the warm start needs -------------------------------------------------------
     def corpus(self, n: int, seed: int) -> list[str]:
         """Text to train the tokenizer on (prompts and responses)."""

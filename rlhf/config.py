@@ -190,6 +190,9 @@ def _check_combinations(cfg: DictConfig) -> None:
     if r.name == "vllm" and int(cfg.model.lora.rank) > 0:
         raise ConfigError(f"rollout=vllm syncs full weights; with model.lora.rank={cfg.model.lora.rank} use "
                           "rollout=hf (LoRA adapters into vLLM are not supported yet)")
+    if r.name == "vllm" and cfg.env.get("constrain_actions"):
+        raise ConfigError("env.constrain_actions=true decodes constrained to the env's admissible commands, which "
+                          "only the HF engine does: use rollout=hf (or env.constrain_actions=false)")
     if cfg.env.name == "games" and cfg.reward.name != "gold":
         raise ConfigError(f"env=games is scored by its own payoffs: use reward=gold (got reward={cfg.reward.name})")
     if cfg.env.name == "alfworld" and cfg.reward.name != "gold":

@@ -61,35 +61,67 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
 # log-probabilities
 
 
+def constrain_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Constrained decoding's distribution: logits [..., V] with -inf outside the ids each
+    position may take, `allowed` [..., K] (-1 padding; a position whose first entry is -1 is
+    free). log_softmax of the result is pi renormalized over the allowed ids."""
+    if allowed is None:
+        return logits
+    allowed = allowed.long()
+    constrained = allowed[..., 0] >= 0
+    if not bool(constrained.any()):
+        return logits
+    vocab = logits.shape[-1]
+    index = torch.where(allowed >= 0, allowed, vocab)  # padding lands in a spare column
+    outside = torch.ones((*logits.shape[:-1], vocab + 1), dtype=torch.bool, device=logits.device)
+    outside = outside.scatter(-1, index, False)[..., :vocab] & constrained.unsqueeze(-1)
+    return logits.masked_fill(outside, float("-inf"))
+
+
+def entropy_of(logp: torch.Tensor) -> torch.Tensor:
+    """-sum p log p over the last dim; ids at -inf (outside a constraint) contribute 0."""
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """log pi(token_t | tokens_<t) aligned to token t; column 0 is 0. Computed in fp32."""
+                   temperature: float = 1.0, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """log pi(token_t | tokens_<t) aligned to token t; column 0 is 0. Computed in fp32.
+    `allowed` [B, L, K] (aligned to token t): constrained positions' ids (constrain_logits)."""
     logits = logits[:, :-1].float() / temperature
+    if allowed is not None:
+        logits = constrain_logits(logits, allowed[:, 1:])
     taken = input_ids[:, 1:].unsqueeze(-1)
     logp = torch.gather(F.log_softmax(logits, dim=-1), -1, taken).squeeze(-1)
     return F.pad(logp, (1, 0))
 
 
 def action_token_logprobs(hidden: torch.Tensor, head, input_ids: torch.Tensor, action_mask: torch.Tensor,
-                          temperature: float = 1.0, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          temperature: float = 1.0, entropy: bool = False,
+                          allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """token_logprobs (and token_entropy) at the positions where action_mask is 1, 0 elsewhere,
     from the last hidden states [B, L, d] and the LM head: the head and the log-softmax run
-    only on the hidden states that predict a generated token (position t-1 for token t)."""
+    only on the hidden states that predict a generated token (position t-1 for token t).
+    `allowed` [B, L, K]: constrained decoding's ids per token (constrain_logits)."""
     rows, cols = action_mask[:, 1:].nonzero(as_tuple=True)
-    logp_all = F.log_softmax(head(hidden[rows, cols]).float() / temperature, dim=-1)
+    logits = head(hidden[rows, cols]).float() / temperature
+    if allowed is not None:
+        logits = constrain_logits(logits, allowed[rows, cols + 1])
+    logp_all = F.log_softmax(logits, dim=-1)
     taken = logp_all.gather(-1, input_ids[rows, cols + 1].unsqueeze(-1)).squeeze(-1)
     at = (rows, cols + 1)
     logp = torch.zeros(action_mask.shape, dtype=taken.dtype, device=taken.device).index_put(at, taken)
     if not entropy:
         return logp, None
-    ent = -(logp_all.exp() * logp_all).sum(-1)
+    ent = entropy_of(logp_all)
     return logp, torch.zeros_like(logp).index_put(at, ent)
 
 
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Entropy of the next-token distribution, aligned like token_logprobs."""
-    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
-    return F.pad(-(logp.exp() * logp).sum(-1), (1, 0))
+    logits = logits[:, :-1].float() / temperature
+    if allowed is not None:
+        logits = constrain_logits(logits, allowed[:, 1:])
+    return F.pad(entropy_of(F.log_softmax(logits, dim=-1)), (1, 0))
 
 
 def sequence_logprob(logprobs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:

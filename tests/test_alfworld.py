@@ -224,6 +224,40 @@ def test_observation_tokens_carry_no_loss_in_an_alfworld_episode(cache):
     assert commands == [info["command"] for info in episode.infos]  # each generated span is the command played
 
 
+def test_constrained_answers_are_the_admissible_commands_and_never_invalid(cache):
+    """env.constrain_actions: allowed_actions offers the admissible commands (with the leading
+    space the demonstrations use) and the runner's constrained decoding of an untrained policy
+    only ever plays them; without the setting the answer is free text."""
+    from agents.models import build_tiny_lm
+    from omegaconf import OmegaConf
+
+    from rlhf.rollout.engine import HFEngine, SamplingParams
+    from rlhf.rollout.runner import EpisodeRunner
+    from rlhf.warmstart import train_tokenizer
+
+    free = make(cache, show_admissible=False)
+    free.reset(0)
+    assert free.allowed_actions() is None
+    env = make(cache, show_admissible=False, constrain_actions=True, max_steps=8)
+    env.reset(0)
+    assert env.allowed_actions() == [" " + c for c in env.admissible(env._state["info"])]
+    tokenizer = train_tokenizer([p + r for p, r in env.demonstrations(2, seed=1)], 400)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_tiny_lm(OmegaConf.create({"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1,
+                                            "num_attention_heads": 2, "num_key_value_heads": 1,
+                                            "max_position_embeddings": 2048, "tie_word_embeddings": True}), tokenizer)
+    envs = [make(cache, show_admissible=False, constrain_actions=True, max_steps=8) for _ in range(2)]
+    episodes = EpisodeRunner(HFEngine(model.eval(), tokenizer), tokenizer, SamplingParams(max_new_tokens=24),
+                             max_turns=8).run(envs, [1, 2])
+    for ep in episodes:
+        assert len(ep.infos) == 8 or ep.infos[-1]["won"]
+        assert all(info["valid"] for info in ep.infos), [info["command"] for info in ep.infos]
+        assert sum(r["invalid"] for r in ep.rewards) == 0
+    # a decoding rule: the same warm start serves both
+    assert env.fingerprint() == make(cache, show_admissible=False, max_steps=8).fingerprint()
+
+
 # --- training on env=alfworld through the shared loop and the offline rounds -------------------
 TRAIN_SMALL = ["env=alfworld", "reward=gold", "env.num_train=6", "env.num_seen=2", "env.num_unseen=2",
                "env.max_steps=12", "env.max_turns=12", "env.corpus_episodes=4", "env.sft.demonstrations=6",
@@ -236,24 +270,29 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("rlhf_cache")
 
 
-@pytest.mark.parametrize("algo", ["ppo", "p3o", "oreo", "rft"])
+@pytest.mark.parametrize("algo", ["ppo", "p3o", "oreo", "rft", "ppo_constrained"])
 def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
     from tests.conftest import read_scalars
 
     extra = {"ppo": ["train.prompts_per_step=2"],
+             "ppo_constrained": ["train.prompts_per_step=2", "env.constrain_actions=true", "rollout.max_new_tokens=24"],
              "p3o": ["train.prompts_per_step=2"],  # 2 prompts x 2 samples: pairs of whole episodes
              "oreo": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=6", "algo.epochs=1",
                       "algo.expert_episodes=2"],
              "rft": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=4", "algo.epochs=1",
                      "algo.accept_threshold=0"]}[algo]
-    run_dir = train_run([f"algo={algo}", f"cache_dir={shared_cache}", *TRAIN_SMALL, *extra], name=algo)
+    base = [o for o in TRAIN_SMALL if algo != "ppo_constrained" or not o.startswith("rollout.max_new_tokens")]
+    run_dir = train_run([f"algo={algo.split('_')[0]}", f"cache_dir={shared_cache}", *base, *extra], name=algo)
     scalars = read_scalars(run_dir)
     for name in ("success", "steps", "invalid_rate"):
         assert f"eval/{name}" in scalars, sorted(scalars)
     assert 0.0 <= scalars["eval/invalid_rate"][-1][1] <= 1.0
     assert 1.0 <= scalars["eval/steps"][-1][1] <= 12.0
-    if algo in ("ppo", "p3o"):  # the training phase logs the env's components too
+    if algo in ("ppo", "p3o", "ppo_constrained"):  # the training phase logs the env's components too
         assert {"env/alfworld/success", "env/alfworld/steps", "env/alfworld/invalid_rate"} <= set(scalars)
+    if algo == "ppo_constrained":  # every answer admissible; pi_old (the engine's, renormalized) = the trainer's
+        assert scalars["env/alfworld/invalid_rate"][-1][1] == 0.0 and scalars["eval/invalid_rate"][-1][1] == 0.0
+        assert scalars["rollout/logp_diff_max"][-1][1] < 1e-4
 
 
 def test_suite_scores_an_alfworld_policy_on_alfworld_and_text_beside_its_sft_reference(train_run, shared_cache,

@@ -26,6 +26,11 @@ the game, the observation is "Nothing happens." (what ALFWorld's engine answers 
 cannot execute), it is counted (reward component `invalid`, info["valid"]=False), it uses up one
 step of the step limit, and `invalid_penalty` is subtracted from gold.
 
+Constrained decoding (`constrain_actions`): the answer is decoded constrained to the
+admissible commands (`allowed_actions`, see rlhf.rollout.runner): the policy then acts with
+pi(command | history) renormalized over the commands the game accepts now, as agents that score
+the admissible commands with an LM do (e.g. Ahn et al. 2022, SayCan, §3), so no answer is invalid.
+
 Step limit: the episode ends after `max_steps` answers (valid or not), or when the task is won.
 
 Reward components (a dict per step; sums over the episode are what gets logged):
@@ -101,7 +106,8 @@ class AlfWorldEnv(TextEnv):
     def __init__(self, split: str = "train", eval_on: str = "seen", data_dir: str | None = None,
                  cache_dir: str = ".cache/alfworld", num_train: int = 100, num_seen: int = 20, num_unseen: int = 20,
                  task_types=tuple(TASK_IDS), unseen_fraction: float = 0.2, distractors=(4, 10), gen_seed: int = 0,
-                 max_steps: int = 30, expert_type: str = "handcoded", show_admissible: bool = False, corpus_episodes: int = 50,
+                 max_steps: int = 30, expert_type: str = "handcoded", show_admissible: bool = False,
+                 constrain_actions: bool = False, corpus_episodes: int = 50,
                  invalid_penalty: float = 0.0, step_penalty: float = 0.0, max_turns: int | None = None, **_: Any):
         if split not in ("train", "eval"):
             raise EnvConfigError(f"env split '{split}' unknown; valid choices: train, eval")
@@ -120,6 +126,7 @@ class AlfWorldEnv(TextEnv):
         self.task_types = task_types
         self.max_steps = self.max_turns = int(max_steps)
         self.expert_type, self.show_admissible = expert_type, bool(show_admissible)
+        self.constrain_actions = bool(constrain_actions)
         self.invalid_penalty, self.step_penalty = float(invalid_penalty), float(step_penalty)
         self.data_dir = data_dir
         self.corpus_episodes = int(corpus_episodes)
@@ -203,6 +210,13 @@ class AlfWorldEnv(TextEnv):
     @staticmethod
     def admissible(info: dict[str, Any]) -> list[str]:
         return [c for c in info.get("admissible_commands") or [] if c != "help"]
+
+    def allowed_actions(self) -> list[str] | None:
+        """With constrain_actions: the admissible commands as answers (leading space, as the
+        demonstrations write them); None (free text) otherwise."""
+        if not self.constrain_actions or self._state is None or self._state["done"]:
+            return None
+        return [" " + c for c in self.admissible(self._state["info"])]
 
     def expert_action(self) -> str | None:
         """The next action of ALFWorld's expert (train split only, as AlfredTWEnv attaches it)."""
@@ -308,14 +322,14 @@ class AlfWorldEnv(TextEnv):
                 "distractors": list(g.distractors), "gen_seed": g.seed, "max_steps": self.max_steps,
                 "expert_type": self.expert_type, "show_admissible": self.show_admissible,
                 "invalid_penalty": self.invalid_penalty, "step_penalty": self.step_penalty,
-                "corpus_episodes": self.corpus_episodes}
+                "constrain_actions": self.constrain_actions, "corpus_episodes": self.corpus_episodes}
 
     def fingerprint(self) -> dict[str, Any]:
         here = Path(__file__).parent
         source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:16]
         # what shapes the demonstrations and the tokenizer's corpus (the warm start's cache key);
-        # the eval split and the reward's penalties do not
+        # the eval split, the reward's penalties and the decoding constraint do not
         out = {k: v for k, v in self._settings().items()
-               if k not in ("cache_dir", "eval_on", "invalid_penalty", "step_penalty")}
+               if k not in ("cache_dir", "eval_on", "invalid_penalty", "step_penalty", "constrain_actions")}
         return {"name": self.name, **out, "source": source}
 

@@ -70,7 +70,7 @@ class Algorithm:
         run on the rows of generated tokens alone (a third of a padded batch's cells): the
         same numbers as `logprobs` there, bit for bit in the forward pass (docs/profile.md)."""
         return action_forward(model, batch.input_ids, batch.attention_mask, batch.action_mask,
-                              self.temperature, entropy)
+                              self.temperature, entropy, batch.allowed_ids)
 
     @torch.no_grad()
     def frozen_logprobs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -89,11 +89,12 @@ PLAIN_HEAD_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
 
 
 def action_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   action_mask: torch.Tensor, temperature: float = 1.0,
-                   entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   action_mask: torch.Tensor, temperature: float = 1.0, entropy: bool = False,
+                   allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Teacher-forced log-probs (and entropies) of the tokens where action_mask is 1, with the
     LM head applied only at the positions that predict them; 0 elsewhere. Models outside
-    PLAIN_HEAD_MODEL_TYPES take the full forward and are masked the same way."""
+    PLAIN_HEAD_MODEL_TYPES take the full forward and are masked the same way. `allowed`
+    [B, L, K]: constrained decoding's allowed ids per token (rlhf.functional.constrain_logits)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES and head is not None:
         # right padding: columns past the longest row are padding in every row; drop them
@@ -101,14 +102,15 @@ def action_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
         ids, mask = input_ids[:, :width], attention_mask[:, :width]
         hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                                      use_cache=False).last_hidden_state
-        logp, ent = action_token_logprobs(hidden, head, ids, action_mask[:, :width], temperature, entropy)
+        logp, ent = action_token_logprobs(hidden, head, ids, action_mask[:, :width], temperature, entropy,
+                                          None if allowed is None else allowed[:, :width])
         return F.pad(logp, (0, full - width)), None if ent is None else F.pad(ent, (0, full - width))
     logits = lm_forward(model, input_ids, attention_mask)
     keep = action_mask.bool()
-    logp = torch.where(keep, token_logprobs(logits, input_ids, temperature), 0.0)
+    logp = torch.where(keep, token_logprobs(logits, input_ids, temperature, allowed), 0.0)
     if not entropy:
         return logp, None
-    return logp, torch.where(keep, token_entropy(logits, temperature), 0.0)
+    return logp, torch.where(keep, token_entropy(logits, temperature, allowed), 0.0)
 
 
 def make_optimizer(params, algo_cfg) -> torch.optim.Optimizer:

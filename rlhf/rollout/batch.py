@@ -18,6 +18,7 @@ class Batch:
     group: torch.Tensor  # [B] episode seed: samples of the same prompt share it
     finished: torch.Tensor  # [B] bool, the last turn ended with EOS / a stop string
     old_logprobs: torch.Tensor | None = None  # [B, L] pi_old recomputed by the trainer
+    allowed_ids: torch.Tensor | None = None  # [B, L, K] constrained decoding's allowed ids per token, -1 padded
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -54,4 +55,20 @@ def collate(episodes: list[Episode], pad_id: int) -> Batch:
     return Batch(input_ids=input_ids, attention_mask=attention_mask, action_mask=action_mask,
                  behaviour_logprobs=logprobs, turn_end_mask=turn_end,
                  group=torch.tensor([ep.seed for ep in episodes]),
-                 finished=torch.tensor([ep.finish_reasons[-1] == "stop" for ep in episodes]))
+                 finished=torch.tensor([ep.finish_reasons[-1] == "stop" for ep in episodes]),
+                 allowed_ids=collate_allowed(episodes, width))
+
+
+def collate_allowed(episodes: list[Episode], width: int) -> torch.Tensor | None:
+    """[B, L, K] allowed ids of constrained positions (-1 elsewhere), or None when no episode
+    was decoded under a constraint."""
+    rows = [ep.allowed for ep in episodes]
+    if all(r is None for r in rows):
+        return None
+    k = max((len(a) for r in rows if r is not None for a in r if a is not None), default=1)
+    out = torch.full((len(episodes), width, k), -1, dtype=torch.int32)
+    for i, r in enumerate(rows):
+        for t, ids in enumerate(r or ()):
+            if ids is not None:
+                out[i, t, :len(ids)] = torch.tensor(ids, dtype=torch.int32)
+    return out

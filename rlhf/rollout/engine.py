@@ -1,6 +1,6 @@
 """The rollout engine interface (docs/layout.md, contract 2) and the HF-generate engine.
 
-    engine.generate(prompt_token_ids, sampling) -> [Completion(token_ids, logprobs, finish_reason)]
+    engine.generate(prompt_token_ids, sampling, allowed=None) -> [Completion(token_ids, logprobs, finish_reason)]
     engine.load_weights(named_tensors, version)
     engine.score(sequences, prompt_lens)     # teacher-forced log-probs: the weight-sync check
 
@@ -14,6 +14,12 @@ a training sequence. `logprobs` are the behaviour policy's per-token log-probabi
 under the *sampling* distribution (after temperature / top-k / top-p), recorded while
 generating; the trainer recomputes old log-probs itself and logs the gap as
 `rollout/logp_diff_max`.
+
+Constrained decoding (`allowed`): per prompt, the token sequences the answer may spell (each
+ending in EOS), or None for free text. The sampling distribution is then the policy's
+renormalized over the tokens that continue an allowed sequence, pi_c(a_t | s) ∝ pi(a_t | s) at
+those tokens, and each Completion carries those tokens (`allowed`) so the trainer can compute
+the same log-probs (rlhf.functional.constrain_logits).
 """
 from __future__ import annotations
 
@@ -46,12 +52,14 @@ class Completion:
     token_ids: list[int]  # generated ids, cut after the first EOS / stop string (EOS kept)
     logprobs: list[float]  # behaviour log-prob of each generated id
     finish_reason: str  # "stop" (EOS or stop string) or "length"
+    allowed: list[list[int] | None] | None = None  # constrained decoding: the allowed ids at each generated position
 
 
 class Engine:
     version: int = 0
 
-    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams,
+                 allowed: list[list[list[int]] | None] | None = None) -> list[Completion]:
         raise NotImplementedError
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -84,6 +92,48 @@ class _RecordLogprobs(LogitsProcessor):
         self._take(last_tokens)
         self.previous = None
         return torch.stack(self.taken, dim=1)
+
+
+class AllowedSequences(LogitsProcessor):
+    """Constrained decoding: row i may only spell one of its allowed token sequences (a prefix
+    tree walked from the row's generated ids at every step); other tokens get -inf before the
+    sampling warpers, so the sampled distribution is the policy's renormalized over the allowed
+    next tokens. Rows without a constraint (None), finished rows and rows off the tree are left
+    alone. `steps[i][k]` is the allowed ids at row i's k-th generated token (None: free)."""
+
+    def __init__(self, allowed: list[list[list[int]] | None], width: int):
+        self.trees = [None if seqs is None else self.tree(seqs) for seqs in allowed]
+        self.width = width  # the left-padded prompt width: generated ids start here
+        self.steps: list[list[list[int] | None]] = [[] for _ in allowed]
+
+    @staticmethod
+    def tree(sequences: list[list[int]]) -> dict:
+        if not sequences:
+            raise ValueError("constrained decoding needs at least one allowed sequence per row")
+        root: dict = {}
+        for seq in sequences:
+            node = root
+            for t in seq:
+                node = node.setdefault(t, {})
+        return root
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.width:].tolist()
+        for i, tree in enumerate(self.trees):
+            node = tree
+            for t in generated[i] if tree is not None else ():
+                node = node.get(t)
+                if node is None:
+                    break
+            if not node:  # free text, finished (past EOS) or off the tree
+                self.steps[i].append(None)
+                continue
+            ids = sorted(node)
+            self.steps[i].append(ids)
+            keep = torch.full_like(scores[i], float("-inf"))
+            keep[ids] = 0.0
+            scores[i] = scores[i] + keep
+        return scores
 
 
 def sampling_processors(sampling: SamplingParams) -> list[LogitsProcessor]:
@@ -125,13 +175,15 @@ class HFEngine(Engine):
         return score_with_model(self.model, sequences, prompt_lens, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
-    def generate(self, prompt_token_ids, sampling: SamplingParams) -> list[Completion]:
+    def generate(self, prompt_token_ids, sampling: SamplingParams, allowed=None) -> list[Completion]:
         completions: list[Completion] = []
         for start in range(0, len(prompt_token_ids), self.max_batch_size):
-            completions += self._generate_batch(prompt_token_ids[start:start + self.max_batch_size], sampling)
+            end = start + self.max_batch_size
+            completions += self._generate_batch(prompt_token_ids[start:end], sampling,
+                                                None if allowed is None else allowed[start:end])
         return completions
 
-    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams, allowed=None) -> list[Completion]:
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -145,7 +197,8 @@ class HFEngine(Engine):
                 processor.begin(attention_mask)
         recorder = _RecordLogprobs()
         greedy = sampling.temperature == 0
-        processors = LogitsProcessorList(self.extra_processors + sampling_processors(sampling) + [recorder])
+        constraint = [AllowedSequences(allowed, width)] if allowed is not None and any(a is not None for a in allowed) else []
+        processors = LogitsProcessorList(constraint + self.extra_processors + sampling_processors(sampling) + [recorder])
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(
@@ -158,8 +211,11 @@ class HFEngine(Engine):
         self.model.train(was_training)
         generated = out.sequences[:, width:]
         logprobs = recorder.finish(generated[:, -1])
-        return [self._cut(generated[i].tolist(), logprobs[i].tolist(), eos, sampling)
-                for i in range(len(prompts))]
+        completions = [self._cut(generated[i].tolist(), logprobs[i].tolist(), eos, sampling)
+                       for i in range(len(prompts))]
+        for i, c in enumerate(completions if constraint else ()):
+            c.allowed = constraint[0].steps[i][:len(c.token_ids)]
+        return completions
 
     def _cut(self, ids: list[int], logprobs: list[float], eos: int, sampling: SamplingParams) -> Completion:
         if eos in ids:

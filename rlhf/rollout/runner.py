@@ -4,6 +4,11 @@ All active episodes of a batch generate together, one engine call per turn. An e
 `token_ids` are exactly the ids the engine produced, with the environment's observation
 tokens appended between turns (action_mask 0: they never carry loss). The text handed to
 env.step is a decode of the generated ids, but training only ever sees the ids.
+
+An env whose `allowed_actions()` returns a list of answers (e.g. ALFWorld's admissible commands
+with env.constrain_actions=true) is answered by constrained decoding: the engine may only spell
+one of them followed by EOS, and the episode keeps the allowed token ids of every generated
+position (`allowed`) so the trainer scores the same renormalized distribution.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class Episode:
     finish_reasons: list[str] = field(default_factory=list)
     infos: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
+    allowed: list[list[int] | None] | None = None  # constrained decoding: allowed ids per token (None: free)
 
     @property
     def num_generated(self) -> int:
@@ -68,10 +74,16 @@ class EpisodeRunner:
         active = list(range(len(episodes)))
         eos = self.tokenizer.eos_token_id
         while active:
-            completions = self.engine.generate([episodes[i].token_ids for i in active], self.sampling)
+            allowed = [self.allowed_sequences(envs[i]) for i in active]
+            completions = self.engine.generate([episodes[i].token_ids for i in active], self.sampling,
+                                               **({"allowed": allowed} if any(a is not None for a in allowed) else {}))
             still_active = []
             for i, completion in zip(active, completions):
                 ep = episodes[i]
+                if completion.allowed is not None and ep.allowed is None:
+                    ep.allowed = [None] * len(ep.token_ids)
+                if ep.allowed is not None:
+                    ep.allowed += completion.allowed or [None] * len(completion.token_ids)
                 ep.token_ids += completion.token_ids
                 ep.action_mask += [1] * len(completion.token_ids)
                 ep.logprobs += completion.logprobs
@@ -89,9 +101,18 @@ class EpisodeRunner:
                     ep.done = bool(done)
                     continue
                 obs_ids = self.encode(observation)
+                if ep.allowed is not None:
+                    ep.allowed += [None] * len(obs_ids)
                 ep.token_ids += obs_ids
                 ep.action_mask += [0] * len(obs_ids)
                 ep.logprobs += [0.0] * len(obs_ids)
                 still_active.append(i)
             active = still_active
         return episodes
+
+    def allowed_sequences(self, env: TextEnv) -> list[list[int]] | None:
+        """The token ids of each answer the env allows now, each ending in EOS (None: free text)."""
+        answers = env.allowed_actions()
+        if answers is None:
+            return None
+        return [self.encode(a) + [self.tokenizer.eos_token_id] for a in answers]

@@ -87,7 +87,10 @@ class VLLMEngine(Engine):
             torch.set_num_threads(threads)
 
     # --- generation ------------------------------------------------------------------------
-    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams, allowed=None) -> list[Completion]:
+        if allowed is not None:
+            raise NotImplementedError("constrained decoding (an env's allowed_actions) runs on the HF engine only; "
+                                      "use rollout=hf")
         params = self._sampling_params(sampling, len(prompt_token_ids))
         outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_token_ids], params,
                                     use_tqdm=False)
