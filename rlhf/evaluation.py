@@ -137,7 +137,8 @@ def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict, records: list | N
     if cfg.reward.name in ("rm", "ensemble"):
         reward_model = reward_model_ensemble(cfg, policy_dir)
     processors = decoding_processors(cfg.decoding)
-    if not processors and (checkpoint / VALUE_MODEL_DIR).is_dir():  # a VAS run: its own value model steers
+    # a VAS run: its own value model steers (OREO checkpoints hold a value model too, for value_beam only)
+    if not processors and cfg.algo.name == "vas" and (checkpoint / VALUE_MODEL_DIR).is_dir():
         value = ValueModel.load(checkpoint / VALUE_MODEL_DIR)
         processors = [ValueGuidance([value], [float(cfg.algo.eval_beta)], int(cfg.algo.eval_top_k))]
     metrics = evaluate_policy(cfg, policy, ref, tokenizer, reward_model, processors, records=records)

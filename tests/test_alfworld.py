@@ -258,6 +258,18 @@ def test_constrained_answers_are_the_admissible_commands_and_never_invalid(cache
     assert env.fingerprint() == make(cache, show_admissible=False, max_steps=8).fingerprint()
 
 
+def test_task_reminder_repeats_the_goal_in_every_observation(cache):
+    env = make(cache, show_admissible=False, remind_task=True)
+    intro = env.reset(0)
+    goal = next(line for line in intro.splitlines() if line.startswith("Your task is to:"))
+    observation, *_ = env.step(env.admissible(env._state["info"])[0])
+    assert observation.endswith("\n" + goal + "\nAction:")
+    plain = make(cache, show_admissible=False)
+    plain.reset(0)
+    assert goal not in plain.step(plain.admissible(plain._state["info"])[0])[0]
+    assert env.fingerprint() != plain.fingerprint()  # it shapes the demonstrations: another warm start
+
+
 # --- training on env=alfworld through the shared loop and the offline rounds -------------------
 TRAIN_SMALL = ["env=alfworld", "reward=gold", "env.num_train=6", "env.num_seen=2", "env.num_unseen=2",
                "env.max_steps=12", "env.max_turns=12", "env.corpus_episodes=4", "env.sft.demonstrations=6",

@@ -142,3 +142,25 @@ def test_the_training_code_digest_ignores_the_claims_analysis():
         assert reproduce.training_code_digest() == before
     finally:
         claim.write_text(text)
+
+
+@pytest.mark.slow
+def test_quick_alfworld_oreo_claim_reports_intervals_from_per_game_samples(tmp_path):
+    pytest.importorskip("alfworld", reason="needs the alfworld extra: pip install -e '.[alfworld]'")
+    from rlhf.reproduce.claims.alfworld_oreo import samples, success
+
+    out = tmp_path / "alfworld_oreo"
+    result = reproduce("alfworld_oreo", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert re.search(r"\*\*Verdict:\*\* (NOT REPRODUCED|REPRODUCED|INCONCLUSIVE): .+ measured: OREO - SFT", report)
+    for png in ("success_per_method.png", "ppo_success_vs_phase.png"):
+        assert (out / png).stat().st_size > 1000
+    runs = {r["name"]: Path(r["run_dir"]) for r in json.loads((out / "results.json").read_text())["runs"]}
+    # every answer was an admissible command, and the table's numbers are the runs' own per-game samples
+    for name in ("oreo-s0", "rft-s0", "ppo-s0", "oreo-seen-s0"):
+        assert read_scalars(runs[name])["eval/invalid_rate"][-1][1] == 0.0
+    oreo = success(samples(runs["oreo-s0"]))
+    assert oreo.mean() == pytest.approx(read_scalars(runs["oreo-s0"])["eval/success"][-1][1], abs=1e-6)
+    row = next(line for line in report.splitlines() if line.startswith("| OREO |"))
+    assert float(row.strip("|").split("|")[1]) == pytest.approx(oreo.mean(), abs=5e-4)

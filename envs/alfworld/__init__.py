@@ -31,6 +31,10 @@ admissible commands (`allowed_actions`, see rlhf.rollout.runner): the policy the
 pi(command | history) renormalized over the commands the game accepts now, as agents that score
 the admissible commands with an LM do (e.g. Ahn et al. 2022, SayCan, §3), so no answer is invalid.
 
+Task reminder (`remind_task`): each later observation repeats the intro's "Your task is to: ..."
+line just before the admissible commands / "Action:", so the goal sits next to every answer (a
+prompt-format choice; the game is unchanged).
+
 Step limit: the episode ends after `max_steps` answers (valid or not), or when the task is won.
 
 Reward components (a dict per step; sums over the episode are what gets logged):
@@ -107,7 +111,7 @@ class AlfWorldEnv(TextEnv):
                  cache_dir: str = ".cache/alfworld", num_train: int = 100, num_seen: int = 20, num_unseen: int = 20,
                  task_types=tuple(TASK_IDS), unseen_fraction: float = 0.2, distractors=(4, 10), gen_seed: int = 0,
                  max_steps: int = 30, expert_type: str = "handcoded", show_admissible: bool = False,
-                 constrain_actions: bool = False, corpus_episodes: int = 50,
+                 constrain_actions: bool = False, remind_task: bool = False, corpus_episodes: int = 50,
                  invalid_penalty: float = 0.0, step_penalty: float = 0.0, max_turns: int | None = None, **_: Any):
         if split not in ("train", "eval"):
             raise EnvConfigError(f"env split '{split}' unknown; valid choices: train, eval")
@@ -126,7 +130,7 @@ class AlfWorldEnv(TextEnv):
         self.task_types = task_types
         self.max_steps = self.max_turns = int(max_steps)
         self.expert_type, self.show_admissible = expert_type, bool(show_admissible)
-        self.constrain_actions = bool(constrain_actions)
+        self.constrain_actions, self.remind_task = bool(constrain_actions), bool(remind_task)
         self.invalid_penalty, self.step_penalty = float(invalid_penalty), float(step_penalty)
         self.data_dir = data_dir
         self.corpus_episodes = int(corpus_episodes)
@@ -198,9 +202,11 @@ class AlfWorldEnv(TextEnv):
         env.seed(seed % 2**32)  # numpy seeds are 32-bit; eval seeds start at a large offset
         obs, infos = env.reset()
         info = {k: v[0] for k, v in infos.items()}
+        intro = obs[0].strip()
+        task = next((line for line in intro.splitlines() if line.startswith("Your task is to:")), "")
         self._state = {"gamefile": gamefile, "steps": 0, "invalid": 0, "won": False, "done": False, "info": info,
-                       "rate": 0.0}
-        return obs[0].strip() + self.menu(info)
+                       "rate": 0.0, "task": task}
+        return intro + self.menu(info)
 
     def menu(self, info: dict[str, Any]) -> str:
         cmds = self.admissible(info)
@@ -251,7 +257,8 @@ class AlfWorldEnv(TextEnv):
         st["rate"] = rate
         info = {"valid": valid, "won": won, "command": command, "steps": st["steps"], "gamefile": st["gamefile"],
                 "truncated": done and not won}
-        observation = None if done else "\n" + feedback + self.menu(st["info"])
+        reminder = "\n" + st["task"] if self.remind_task and st["task"] else ""
+        observation = None if done else "\n" + feedback + reminder + self.menu(st["info"])
         return observation, reward, done, info
 
     # --- warm start -------------------------------------------------------------------------
@@ -261,8 +268,9 @@ class AlfWorldEnv(TextEnv):
         after it. Cached as JSON beside the games (keyed by n, seed and the settings that shape
         the text), so a new model or SFT budget reuses them: an expert step costs ~0.1 s."""
         env = self if self.split == "train" else AlfWorldEnv(split="train", **self._settings())
+        shape = {"remind_task": True} if self.remind_task else {}  # (absent when off: earlier caches stay valid)
         key = hashlib.sha256(json.dumps({"n": n, "seed": seed, "expert": self.expert_type, "max_steps": self.max_steps,
-                                         "show_admissible": self.show_admissible, "format": DEMO_FORMAT},
+                                         "show_admissible": self.show_admissible, "format": DEMO_FORMAT, **shape},
                                         sort_keys=True).encode()).hexdigest()[:16]
         path = env.root() / "expert" / f"{key}.json"
         if path.exists():
@@ -322,7 +330,8 @@ class AlfWorldEnv(TextEnv):
                 "distractors": list(g.distractors), "gen_seed": g.seed, "max_steps": self.max_steps,
                 "expert_type": self.expert_type, "show_admissible": self.show_admissible,
                 "invalid_penalty": self.invalid_penalty, "step_penalty": self.step_penalty,
-                "constrain_actions": self.constrain_actions, "corpus_episodes": self.corpus_episodes}
+                "constrain_actions": self.constrain_actions, "remind_task": self.remind_task,
+                "corpus_episodes": self.corpus_episodes}
 
     def fingerprint(self) -> dict[str, Any]:
         here = Path(__file__).parent
