@@ -48,8 +48,7 @@ PPO_LR = 3e-5  # a tenth of the text task's: a 30-turn episode has ~7x the gener
 PPO_PHASES = 20
 GAMES = ["env=alfworld", "reward=gold", "env.num_train=200", "env.num_seen=50", "env.num_unseen=50",
          "env.sft.demonstrations=400", "env.sft.epochs=20", f"env.expert_type={EXPERT}", "env.remind_task=true",
-         "env.constrain_actions=true",
-         f"env.max_steps={MAX_STEPS}", f"env.max_turns={MAX_STEPS}", "threads=1"]
+         "env.constrain_actions=true"]
 OFFLINE = ["algo.responses_per_prompt=5", "algo.epochs=3", "algo.batch_size=16"]
 ARMS = {"oreo": "OREO", "rft": "RFT", "ppo": "PPO"}
 
@@ -59,12 +58,13 @@ def sweep(quick: bool) -> list[RunSpec]:
         seeds, games = (0,), ["env.num_train=6", "env.num_seen=4", "env.num_unseen=4", "env.eval_prompts=4",
                               "env.sft.demonstrations=8", "env.sft.epochs=2", "env.corpus_episodes=4",
                               "model.tokenizer.vocab_size=400"]
+        steps = 8
         offline, ppo = ["algo.prompts=4", "algo.expert_episodes=4"], ["train.steps=2", "train.prompts_per_step=2"]
     else:
-        seeds, games = (0, 1, 2), ["env.eval_prompts=50"]
+        seeds, games, steps = (0, 1, 2), ["env.eval_prompts=50"], MAX_STEPS
         offline = [f"algo.prompts={PROMPTS}", f"algo.expert_episodes={EXPERT_EPISODES}"]
         ppo = [f"train.steps={PPO_PHASES}", "train.prompts_per_step=8", f"eval.every={PPO_PHASES}"]
-    task = [*GAMES, *games, "env.eval_on=unseen"]
+    task = [*GAMES, f"env.max_steps={steps}", f"env.max_turns={steps}", "threads=1", *games, "env.eval_on=unseen"]
     specs = []
     for s in seeds:
         common = [*task, f"seed={s}"]
