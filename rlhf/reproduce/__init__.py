@@ -100,6 +100,16 @@ def _wait_for(name: str, timeout: float, runs_dir: Path) -> None:
         time.sleep(5)
 
 
+def eval_samples(run_dir: Path, which: str = "last") -> list[dict]:
+    """Per-prompt rows (problem, game, ...) of a run's held-out evaluation: the "last" or the
+    "first" eval/samples_step_*.jsonl, ordered by the prompt's seed."""
+    files = sorted((run_dir / "eval").glob("samples_step_*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}/eval has no samples_step_*.jsonl")
+    rows = [json.loads(line) for line in (files[-1] if which == "last" else files[0]).read_text().splitlines()]
+    return sorted(rows, key=lambda r: r["seed"])
+
+
 _CLAIMS: dict[str, Claim] = {}
 
 

@@ -28,12 +28,12 @@ REPRODUCED if all three are, NOT REPRODUCED if any interval lies below 0, else I
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register
+from rlhf.reproduce import eval_samples as samples
 from rlhf.reproduce.plots import bars, metric_vs_step
 from rlhf.reproduce.stats import INCONCLUSIVE, combine, paired_effect
 
@@ -82,15 +82,6 @@ def sweep(quick: bool) -> list[RunSpec]:
     specs.append(RunSpec("sft-seen", "sft-seen", ["algo=ppo", *task[:-1], "env.eval_on=seen", "seed=0", "train.steps=1",
                                                   "train.prompts_per_step=2", f"algo.lr={PPO_LR}"], {"seed": 0}))
     return specs
-
-
-def samples(run_dir: Path, which: str = "last") -> list[dict]:
-    """Per-game rows of a run's evaluation ("last" or "first" file), ordered by game."""
-    files = sorted((run_dir / "eval").glob("samples_step_*.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"{run_dir}/eval has no samples_step_*.jsonl")
-    rows = [json.loads(line) for line in (files[-1] if which == "last" else files[0]).read_text().splitlines()]
-    return sorted(rows, key=lambda r: r["seed"])
 
 
 def success(rows: list[dict]) -> np.ndarray:

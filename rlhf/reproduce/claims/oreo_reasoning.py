@@ -29,12 +29,12 @@ excludes its claim, else INCONCLUSIVE.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from rlhf.reproduce import Claim, RunResult, RunSpec, Verdict, register
+from rlhf.reproduce import eval_samples as samples
 from rlhf.reproduce.plots import bars, metric_vs_step, scatter
 from rlhf.reproduce.stats import INCONCLUSIVE, NOT_REPRODUCED, combine, correlation_effect, paired_effect
 
@@ -67,15 +67,6 @@ def sweep(quick: bool) -> list[RunSpec]:
             specs.append(RunSpec(f"beam{b}-s{s}", "beam", ["decoding=value_beam", f"decoding.beams={b}", *calibration],
                                  {"seed": s, "beams": b}, evaluate=f"oreo-s{s}"))
     return specs
-
-
-def samples(run_dir: Path, which: str = "last") -> list[dict]:
-    """Per-problem rows of a run's evaluation ("last" or "first" file), ordered by problem."""
-    files = sorted((run_dir / "eval").glob("samples_step_*.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"{run_dir}/eval has no samples_step_*.jsonl")
-    rows = [json.loads(line) for line in (files[-1] if which == "last" else files[0]).read_text().splitlines()]
-    return sorted(rows, key=lambda r: r["seed"])
 
 
 def outcomes(rows: list[dict]) -> np.ndarray:
