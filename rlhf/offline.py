@@ -34,6 +34,8 @@ from rlhf.evaluation import evaluate_policy
 from rlhf.evaluation import evaluate_run_checkpoint as evaluate  # noqa: F401  (python -m rlhf.evaluate)
 from rlhf.harness import Job
 from rlhf.preference import data as prefs
+from rlhf.rollout.batch import collate_allowed
+from rlhf.rollout.engine import allowed_along
 from rlhf.samples import sample_scored, scored_lists, train_seeds
 from rlhf.warmstart import warm_start_policy
 
@@ -47,6 +49,7 @@ class Trajectory:
     reward: float  # R = reward_scale * score + reward_shift
     score: float  # the verifier's score (1 correct / 0 otherwise)
     action_mask: list[int] | None = None  # multi-turn: 1 on generated response tokens, 0 on observations
+    allowed: list[list[int] | None] | None = None  # constrained decoding: the allowed ids of each response token
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Minibatch:
     returns: torch.Tensor  # [B] the terminal reward R of each trajectory
     scores: torch.Tensor  # [B] the verifier's scores
     token_texts: list[list[str]]  # decoded response tokens (step boundaries)
+    allowed_ids: torch.Tensor | None = None  # [B, L, K] constrained decoding's allowed ids per token, -1 padded
 
 
 def expert_lists(env, tokenizer, n: int, seed: int) -> list[prefs.RankedList]:
@@ -64,22 +68,28 @@ def expert_lists(env, tokenizer, n: int, seed: int) -> list[prefs.RankedList]:
     runner lays out a rollout: each command's ids then EOS (action mask 1), then the next
     observation's ids (mask 0). Wang et al. 2024 train OREO on ALFWorld from 5 rollouts per task
     of a policy SFT'd on expert trajectories; adding the expert trajectories themselves to the
-    offline data is this option (algo.expert_episodes)."""
+    offline data is this option (algo.expert_episodes). Where the env decodes constrained to its
+    admissible commands (`constrain_actions`), each command token also keeps the ids the
+    constraint allowed there, as the policy's own samples do, so both are scored under the
+    same renormalized distribution."""
     eos = tokenizer.eos_token_id
+    constrained = bool(getattr(env, "constrain_actions", False))
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     lists = []
-    for turns in env.expert_episodes(n, seed):
-        ids, mask = [], []
-        for k, (_, command) in enumerate(turns):
+    for turns in env.expert_episodes(n, seed, admissible=constrained):
+        ids, mask, allowed = [], [], []
+        for k, (_, command, *menu) in enumerate(turns):
             action = encode(" " + command) + [eos]
             ids, mask = ids + action, mask + [1] * len(action)
+            allowed += allowed_along([encode(" " + c) + [eos] for c in menu[0]], action) if constrained else []
             if k + 1 < len(turns):
                 observation = encode(turns[k + 1][0])
-                ids, mask = ids + observation, mask + [0] * len(observation)
-        lists.append(prefs.RankedList(encode(turns[0][0]), [ids], [1.0], [turns[-1][1]], [mask]))
+                ids, mask, allowed = ids + observation, mask + [0] * len(observation), allowed + [None] * len(observation)
+        lists.append(prefs.RankedList(encode(turns[0][0]), [ids], [1.0], [turns[-1][1]], [mask],
+                                      [allowed] if constrained else None))
     return lists
 
 
@@ -144,7 +154,9 @@ class OfflineRounds(Job):
                     truncated += 1
                     continue
                 mask = list(r.masks[i]) if r.masks else None
-                t = Trajectory(list(r.prompt_ids), list(response), scale * float(score) + shift, float(score), mask)
+                allowed = r.allowed[i] if r.allowed else None
+                t = Trajectory(list(r.prompt_ids), list(response), scale * float(score) + shift, float(score), mask,
+                               allowed)
                 if self.keep(t, score):
                     data.append(t)
         if not data:
@@ -175,8 +187,10 @@ class OfflineRounds(Job):
                                                          self.tokenizer.pad_token_id,
                                                          [t.action_mask for t in trajectories])
         texts = [[self.tokenizer.decode([tok]) for tok in t.response_ids] for t in trajectories]
+        allowed = collate_allowed([None if t.allowed is None else [None] * len(t.prompt_ids) + list(t.allowed)
+                                   for t in trajectories], ids.shape[1])
         return Minibatch(ids, attention, action.float(), torch.tensor([t.reward for t in trajectories]),
-                         torch.tensor([t.score for t in trajectories]), texts)
+                         torch.tensor([t.score for t in trajectories]), texts, allowed)
 
     # --- the harness's step ---------------------------------------------------------------------
     def update(self, batch: Minibatch) -> dict[str, float]:

@@ -282,7 +282,7 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("rlhf_cache")
 
 
-@pytest.mark.parametrize("algo", ["ppo", "p3o", "oreo", "rft", "ppo_constrained"])
+@pytest.mark.parametrize("algo", ["ppo", "p3o", "oreo", "rft", "ppo_constrained", "oreo_constrained"])
 def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
     from tests.conftest import read_scalars
 
@@ -291,9 +291,12 @@ def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
              "p3o": ["train.prompts_per_step=2"],  # 2 prompts x 2 samples: pairs of whole episodes
              "oreo": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=6", "algo.epochs=1",
                       "algo.expert_episodes=2"],
+             "oreo_constrained": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=6",
+                                  "algo.epochs=1", "algo.expert_episodes=2", "env.constrain_actions=true",
+                                  "rollout.max_new_tokens=24"],
              "rft": ["algo.prompts=2", "algo.responses_per_prompt=2", "algo.batch_size=4", "algo.epochs=1",
                      "algo.accept_threshold=0"]}[algo]
-    base = [o for o in TRAIN_SMALL if algo != "ppo_constrained" or not o.startswith("rollout.max_new_tokens")]
+    base = [o for o in TRAIN_SMALL if not algo.endswith("constrained") or not o.startswith("rollout.max_new_tokens")]
     run_dir = train_run([f"algo={algo.split('_')[0]}", f"cache_dir={shared_cache}", *base, *extra], name=algo)
     scalars = read_scalars(run_dir)
     for name in ("success", "steps", "invalid_rate"):
@@ -305,6 +308,9 @@ def test_training_runs_and_logs_alfworld_metrics(train_run, shared_cache, algo):
     if algo == "ppo_constrained":  # every answer admissible; pi_old (the engine's, renormalized) = the trainer's
         assert scalars["env/alfworld/invalid_rate"][-1][1] == 0.0 and scalars["eval/invalid_rate"][-1][1] == 0.0
         assert scalars["rollout/logp_diff_max"][-1][1] < 1e-4
+    if algo == "oreo_constrained":  # samples and expert episodes scored under the constraint: no invalid answer
+        assert scalars["eval/invalid_rate"][-1][1] == 0.0
+        assert all(abs(v) < 1e6 for _, v in scalars["oreo/kl_reg"]) and scalars["oreo/kl_reg"][-1][1] >= 0
 
 
 def test_suite_scores_an_alfworld_policy_on_alfworld_and_text_beside_its_sft_reference(train_run, shared_cache,
@@ -358,3 +364,29 @@ def test_expert_lists_lay_out_turns_like_the_runner(cache):
     assert [c.strip() for c in commands if c] == [command for _, command in episode]
     observations = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
     assert observations == "".join(obs for obs, _ in episode[1:])
+
+
+def test_constrained_expert_lists_carry_each_commands_allowed_ids(cache):
+    """With constrain_actions, expert episodes also record the admissible commands of each turn,
+    and every command token keeps the ids the constraint allowed there: the token itself is
+    among them, the EOS closing a command is allowed, observation tokens are free."""
+    from rlhf.offline import expert_lists
+    from rlhf.warmstart import train_tokenizer
+
+    env = make(cache, show_admissible=False, max_steps=60, constrain_actions=True)
+    tokenizer = train_tokenizer([p + r for p, r in env.demonstrations(2, seed=1)], 400)
+    (episode,) = env.expert_episodes(1, seed=1, admissible=True)
+    assert all(len(turn) == 3 and turn[1] in turn[2] for turn in episode)  # (obs, command, admissible)
+    (lst,) = expert_lists(env, tokenizer, 1, seed=1)
+    ids, mask, allowed = lst.responses[0], lst.masks[0], lst.allowed[0]
+    assert len(allowed) == len(ids)
+    for t, (tok, m, ok) in enumerate(zip(ids, mask, allowed)):
+        if m:
+            assert ok is not None and tok in ok, (t, tok, ok)
+        else:
+            assert ok is None
+    ends = [ok for tok, m, ok in zip(ids, mask, allowed) if m and tok == tokenizer.eos_token_id]
+    assert len(ends) == len(episode)
+    # some choice is real (more than one id allowed) and some token is forced
+    sizes = [len(ok) for ok in allowed if ok is not None]
+    assert max(sizes) > 1 and min(sizes) == 1

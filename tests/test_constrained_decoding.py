@@ -14,7 +14,7 @@ from envs.base import TextEnv
 from rlhf.algos.base import action_forward
 from rlhf.functional import constrain_logits, entropy_of
 from rlhf.rollout.batch import collate
-from rlhf.rollout.engine import AllowedSequences, HFEngine, SamplingParams
+from rlhf.rollout.engine import AllowedSequences, HFEngine, SamplingParams, allowed_along
 from rlhf.rollout.runner import EpisodeRunner
 from rlhf.warmstart import train_tokenizer
 
@@ -122,3 +122,71 @@ def test_constrain_logits_and_entropy():
 def test_an_empty_menu_is_an_error():
     with pytest.raises(ValueError, match="at least one allowed sequence"):
         AllowedSequences([[]], width=1)
+
+
+def test_allowed_along_replays_what_the_engine_recorded(lm):
+    """allowed_along (how expert episodes get their allowed ids) walks the same prefix tree as
+    the engine: along each sampled answer it yields exactly the ids the engine recorded."""
+    model, tokenizer = lm
+    torch.manual_seed(7)
+    envs = [MenuEnv() for _ in range(6)]
+    runner = EpisodeRunner(HFEngine(model, tokenizer), tokenizer, SamplingParams(max_new_tokens=40), max_turns=3)
+    episodes = runner.run(envs, list(range(6)))
+    eos = tokenizer.eos_token_id
+    checked = 0
+    for ep, env in zip(episodes, envs):
+        spans, start = [], None  # the generated spans (one per turn), from the action mask
+        for t, m in enumerate(ep.action_mask + [0]):
+            if m and start is None:
+                start = t
+            elif not m and start is not None:
+                spans.append((start, t))
+                start = None
+        assert len(spans) == len(env.answers) == 3
+        for (begin, end), (_, menu) in zip(spans, env.answers):
+            sequences = [runner.encode(a) + [eos] for a in menu]
+            assert allowed_along(sequences, ep.token_ids[begin:end]) == ep.allowed[begin:end]
+            checked += 1
+    assert checked == 18
+    # off the tree: positions after a token that spells no allowed sequence are free
+    assert allowed_along([[1, 2, 0], [1, 3, 0]], [1, 4, 5]) == [[1], [2, 3], None]
+
+
+def test_offline_samples_keep_the_constraint_and_score_the_behaviour_logprobs(lm):
+    """The offline algorithms' data path (sample_lists -> Trajectory -> OfflineRounds.collate)
+    keeps each token's allowed ids, so OREO's and RFT's teacher-forced log-probs are the
+    renormalized ones the samples were drawn from (= the engine's behaviour log-probs)."""
+    from types import SimpleNamespace
+
+    from agents.models import lm_forward
+    from rlhf.functional import token_logprobs
+    from rlhf.offline import OfflineRounds, Trajectory
+    from rlhf.preference.data import sample_lists
+
+    model, tokenizer = lm
+    torch.manual_seed(11)
+    behaviour = {}
+
+    class Recording(EpisodeRunner):
+        def run(self, envs, seeds):
+            episodes = super().run(envs, seeds)
+            for ep in episodes:
+                behaviour[tuple(ep.token_ids)] = ep.logprobs
+            return episodes
+
+    runner = Recording(HFEngine(model, tokenizer), tokenizer, SamplingParams(max_new_tokens=40), max_turns=3)
+    lists = sample_lists(runner, MenuEnv, [0, 1, 2], 2, lambda ep: 1.0, log=lambda *_: None)
+    assert all(r.allowed is not None and len(r.allowed) == 2 for r in lists)
+    trajectories = [Trajectory(r.prompt_ids, resp, 1.0, 1.0, r.masks[i] if r.masks else None, r.allowed[i])
+                    for r in lists for i, resp in enumerate(r.responses)]
+    batch = OfflineRounds.collate(SimpleNamespace(tokenizer=tokenizer), trajectories)
+    assert batch.allowed_ids is not None
+    assert torch.equal(batch.allowed_ids[..., 0] >= 0, batch.action_mask.bool())
+    with torch.no_grad():
+        logp = token_logprobs(lm_forward(model, batch.input_ids, batch.attention_mask), batch.input_ids,
+                              allowed=batch.allowed_ids)
+    for row, t in enumerate(trajectories):  # (without the allowed ids the gap is ~6 nats)
+        want = torch.tensor(behaviour[tuple(t.prompt_ids + t.response_ids)][len(t.prompt_ids):])
+        got = logp[row, len(t.prompt_ids):len(t.prompt_ids) + len(t.response_ids)]
+        mask = batch.action_mask[row, len(t.prompt_ids):len(t.prompt_ids) + len(t.response_ids)]
+        assert ((got - want).abs() * mask).max() < 1e-4

@@ -262,13 +262,16 @@ class AlfWorldEnv(TextEnv):
         return observation, reward, done, info
 
     # --- warm start -------------------------------------------------------------------------
-    def expert_episodes(self, n: int, seed: int) -> list[list[tuple[str, str]]]:
+    def expert_episodes(self, n: int, seed: int, admissible: bool = False) -> list[list[tuple]]:
         """n won episodes of ALFWorld's expert (`expert_type`) on training games, each a list of
         (observation, command) turns: the intro then each feedback, with the command played
-        after it. Cached as JSON beside the games (keyed by n, seed and the settings that shape
-        the text), so a new model or SFT budget reuses them: an expert step costs ~0.1 s."""
+        after it; with `admissible`, (observation, command, the admissible commands then) — what
+        a policy decoding under `constrain_actions` could have answered. Cached as JSON beside
+        the games (keyed by n, seed and the settings that shape the text), so a new model or SFT
+        budget reuses them: an expert step costs ~0.1 s."""
         env = self if self.split == "train" else AlfWorldEnv(split="train", **self._settings())
         shape = {"remind_task": True} if self.remind_task else {}  # (absent when off: earlier caches stay valid)
+        shape |= {"admissible": True} if admissible else {}
         key = hashlib.sha256(json.dumps({"n": n, "seed": seed, "expert": self.expert_type, "max_steps": self.max_steps,
                                          "show_admissible": self.show_admissible, "format": DEMO_FORMAT, **shape},
                                         sort_keys=True).encode()).hexdigest()[:16]
@@ -288,7 +291,8 @@ class AlfWorldEnv(TextEnv):
                 action = env.expert_action()
                 if action is None:
                     break
-                turns.append((observation, action))
+                turns.append((observation, action, self.admissible(env._state["info"])) if admissible
+                             else (observation, action))
                 observation, _, done, info = env.step(action)
             if info.get("won"):
                 episodes.append(turns)

@@ -26,6 +26,11 @@ All three are one computation: states at "starts", and the gradient flows throug
 log-ratios from a state up to the next start. Per minibatch the critic steps first, then the
 actor, with the post-update critic's values detached (the authors' training loop).
 
+Under constrained decoding (env.constrain_actions: the action must spell one of the env's
+admissible commands) pi_theta and pi_ref are the distributions the agent acts with,
+renormalized over the ids each action token was allowed (the samples carry them), in lambda_t
+and in L_reg alike; a token the constraint forces has log-prob 0 under both.
+
 The critic is a separate copy of the SFT trunk with a zero-initialized value head; pi_ref is
 the SFT policy, fixed. Value-guided step beam search at test time: rlhf.search.
 """
@@ -40,7 +45,7 @@ import torch.nn.functional as F
 from agents.models import ValueModel, lm_forward
 from rlhf.algos.base import optimizer_step
 from rlhf.config import ConfigError
-from rlhf.functional import token_logprobs
+from rlhf.functional import constrain_logits, token_logprobs
 from rlhf.offline import Minibatch, OfflineRounds, evaluate  # noqa: F401  (evaluate: python -m rlhf.evaluate)
 from rlhf.rollout.guidance import VALUE_MODEL_DIR
 
@@ -95,11 +100,14 @@ def oreo_losses(logp, ref_logp, values, returns, action_mask, starts, beta: floa
     return value_loss, policy_loss, valid
 
 
-def full_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def full_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
+            allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over masked tokens of KL(pi || pi_ref) over the whole vocabulary; logits aligned to
-    the token they predict."""
-    logp, ref = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
-    kl = (logp.exp() * (logp - ref)).sum(-1)
+    the token they predict. Under constrained decoding (`allowed` [B, L, K], aligned likewise)
+    both are renormalized over the allowed ids, the distributions the policy acts with."""
+    logp = F.log_softmax(constrain_logits(logits.float(), allowed), -1)
+    ref = F.log_softmax(constrain_logits(ref_logits.float(), allowed), -1)
+    kl = (logp.exp() * torch.where(logp.isfinite(), logp - ref, 0.0)).sum(-1)
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -134,12 +142,13 @@ class OREO(OfflineRounds):
 
     def update(self, batch: Minibatch) -> dict[str, float]:
         a, ids, attn, mask = self.cfg.algo, batch.input_ids, batch.attention_mask, batch.action_mask
+        allowed = batch.allowed_ids  # constrained decoding: pi and pi_ref renormalized over the allowed ids
         starts = state_starts(batch, self.level, self.splitter)
         with torch.no_grad():
             ref_logits = lm_forward(self.ref, ids, attn)
-            ref_logp = token_logprobs(ref_logits, ids)
+            ref_logp = token_logprobs(ref_logits, ids, allowed=allowed)
         logits = lm_forward(self.policy, ids, attn)
-        logp = token_logprobs(logits, ids)
+        logp = token_logprobs(logits, ids, allowed=allowed)
         # 1) critic step on sg[Lambda]
         value_loss, _, valid = oreo_losses(logp.detach(), ref_logp, self.critic.values(ids, attn), batch.returns,
                                            mask, starts, self.beta)
@@ -148,7 +157,7 @@ class OREO(OfflineRounds):
         with torch.no_grad():
             values = self.critic.values(ids, attn)
         _, policy_loss, _ = oreo_losses(logp, ref_logp, values, batch.returns, mask, starts, self.beta)
-        kl_reg = full_kl(aligned(logits), aligned(ref_logits), mask)
+        kl_reg = full_kl(aligned(logits), aligned(ref_logits), mask, allowed)
         actor_norm = optimizer_step(self.actor_opt, policy_loss + self.alpha * kl_reg, float(a.max_grad_norm))
         with torch.no_grad():
             first = mask.argmax(-1)

@@ -28,7 +28,8 @@ class RFT(OfflineRounds):
         return score >= float(self.cfg.algo.accept_threshold)
 
     def update(self, batch: Minibatch) -> dict[str, float]:
-        logp = token_logprobs(lm_forward(self.policy, batch.input_ids, batch.attention_mask), batch.input_ids)
+        logp = token_logprobs(lm_forward(self.policy, batch.input_ids, batch.attention_mask), batch.input_ids,
+                              allowed=batch.allowed_ids)  # constrained decoding: pi renormalized over the allowed ids
         loss = -masked_mean(logp, batch.action_mask)
         norm = optimizer_step(self.optimizer, loss, float(self.cfg.algo.max_grad_norm))
         return {"rft/nll": float(loss.detach()), "rft/grad_norm": norm}

@@ -39,6 +39,8 @@ class RankedList:
     texts: list[str] | None = None  # decoded responses (for dedup and logs), when known
     masks: list[list[int]] | None = None  # multi-turn: per response token, 1 if the policy generated it, 0 on the
     #                                        env's observation tokens between turns (None: all generated)
+    allowed: list[list[list[int] | None]] | None = None  # constrained decoding: per response, the allowed ids of
+    #                                                      each token (None: free; the whole field None: no constraint)
 
     def order(self) -> list[int]:
         """Indices best first; ties keep their original order (deterministic)."""
@@ -129,10 +131,12 @@ def sample_lists(runner, make_env, seeds: list[int], k: int, score, log=print, c
         for i in range(len(part)):
             group = episodes[i * k:(i + 1) * k]
             masks = [ep.action_mask[ep.prompt_len:] for ep in group]
+            allowed = [ep.allowed[ep.prompt_len:] if ep.allowed is not None else None for ep in group]
             lists.append(RankedList(group[0].token_ids[:group[0].prompt_len],
                                     [ep.token_ids[ep.prompt_len:] for ep in group],
                                     [float(score(ep)) for ep in group], [ep.action_texts[-1] for ep in group],
-                                    masks if any(0 in m for m in masks) else None))
+                                    masks if any(0 in m for m in masks) else None,
+                                    allowed if any(a is not None for a in allowed) else None))
         log(f"[prefs] sampled {len(lists)}/{len(seeds)} prompts x {k} ({time.time() - start:.0f}s)")
     return lists
 

@@ -56,17 +56,16 @@ def collate(episodes: list[Episode], pad_id: int) -> Batch:
                  behaviour_logprobs=logprobs, turn_end_mask=turn_end,
                  group=torch.tensor([ep.seed for ep in episodes]),
                  finished=torch.tensor([ep.finish_reasons[-1] == "stop" for ep in episodes]),
-                 allowed_ids=collate_allowed(episodes, width))
+                 allowed_ids=collate_allowed([ep.allowed for ep in episodes], width))
 
 
-def collate_allowed(episodes: list[Episode], width: int) -> torch.Tensor | None:
-    """[B, L, K] allowed ids of constrained positions (-1 elsewhere), or None when no episode
-    was decoded under a constraint."""
-    rows = [ep.allowed for ep in episodes]
+def collate_allowed(rows: list[list[list[int] | None] | None], width: int) -> torch.Tensor | None:
+    """[B, L, K] allowed ids of constrained positions (-1 elsewhere) from each row's per-token
+    allowed ids (an episode's `allowed`), or None when no row was decoded under a constraint."""
     if all(r is None for r in rows):
         return None
     k = max((len(a) for r in rows if r is not None for a in r if a is not None), default=1)
-    out = torch.full((len(episodes), width, k), -1, dtype=torch.int32)
+    out = torch.full((len(rows), width, k), -1, dtype=torch.int32)
     for i, r in enumerate(rows):
         for t, ids in enumerate(r or ()):
             if ids is not None:

@@ -136,6 +136,17 @@ class AllowedSequences(LogitsProcessor):
         return scores
 
 
+def allowed_along(sequences: list[list[int]], ids: list[int]) -> list[list[int] | None]:
+    """The allowed ids at each position of `ids` (a sequence spelled under the constraint of
+    `sequences`), as AllowedSequences records them while decoding: the children of the prefix
+    tree's node reached so far; None once `ids` leaves the tree or ends a sequence."""
+    node, out = AllowedSequences.tree(sequences), []
+    for t in ids:
+        out.append(sorted(node) if node else None)
+        node = (node or {}).get(t)
+    return out
+
+
 def sampling_processors(sampling: SamplingParams) -> list[LogitsProcessor]:
     processors: list[LogitsProcessor] = []
     if sampling.temperature > 0 and sampling.temperature != 1.0:
