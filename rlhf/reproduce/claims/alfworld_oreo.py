@@ -156,7 +156,13 @@ register(Claim(
     history=["Run 1 (2026-12-04), the same criterion with a warm start of 400 planner episodes (seen 6/50, unseen "
              "4/50 greedy): INCONCLUSIVE in 47.9 min — OREO - SFT +0.013 [-0.040, +0.060]; OREO - RFT -0.007 "
              "[-0.053, +0.040]; PPO - SFT +0.020 [-0.007, +0.060] (unseen success, 50 games x 3 seeds). The warm start "
-             "was then raised to 1,200 episodes (seen 15/50), chosen on the seen games."],
+             "was then raised to 1,200 episodes (seen 15/50), chosen on the seen games.",
+             "Run 2 (2026-12-04), the same criterion with the 1,200-episode warm start (seen 15/50, unseen 6/50): "
+             "INCONCLUSIVE in 28.6 min — OREO - SFT -0.033 [-0.087, +0.007]; OREO - RFT +0.007 [-0.020, +0.033]; "
+             "PPO - SFT -0.040 [-0.100, +0.013]. OREO and RFT then learned the constrained policy (their "
+             "log-probs and OREO's KL regularizer renormalized over the admissible commands' tokens, as PPO's "
+             "already were); a warm start of 2,000 episodes on 1,000 training games won 7/50 seen games and was "
+             "not taken."],
     budget="games + SFT warm start (cached) + 3 seeds x (sample pool, OREO, RFT, PPO, 3 seen evaluations); "
            "~15 min on 2 cores",
 ))
