@@ -390,3 +390,19 @@ def test_constrained_expert_lists_carry_each_commands_allowed_ids(cache):
     # some choice is real (more than one id allowed) and some token is forced
     sizes = [len(ok) for ok in allowed if ok is not None]
     assert max(sizes) > 1 and min(sizes) == 1
+
+
+def test_demo_games_keep_demonstrations_on_the_first_generated_games(cache, root):
+    """env.demo_games=N: the expert demonstrations (the warm start) play only the first N
+    generated training games, the RL side every training game; a bad N is refused up front."""
+    from envs.base import EnvConfigError
+
+    env = make(cache, demo_games=2)
+    first = sorted((str(p) for p in games(root, "train")), key=lambda f: Path(f).parent.name)[:2]
+    drawn = {env.game_for(s, among=2) for s in range(40)}
+    assert drawn == set(first)  # generation order: the trial seed in the folder name
+    assert len({env.game_for(s) for s in range(40)}) == SETTINGS["num_train"]
+    assert env.fingerprint() != make(cache).fingerprint()  # a different warm start
+    assert len(env.demonstrations(2, seed=3)) == 2
+    with pytest.raises(EnvConfigError, match="env.demo_games=7"):
+        make(cache, demo_games=7)

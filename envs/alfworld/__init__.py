@@ -112,7 +112,8 @@ class AlfWorldEnv(TextEnv):
                  task_types=tuple(TASK_IDS), unseen_fraction: float = 0.2, distractors=(4, 10), gen_seed: int = 0,
                  max_steps: int = 30, expert_type: str = "handcoded", show_admissible: bool = False,
                  constrain_actions: bool = False, remind_task: bool = False, corpus_episodes: int = 50,
-                 invalid_penalty: float = 0.0, step_penalty: float = 0.0, max_turns: int | None = None, **_: Any):
+                 demo_games: int | None = None, invalid_penalty: float = 0.0, step_penalty: float = 0.0,
+                 max_turns: int | None = None, **_: Any):
         if split not in ("train", "eval"):
             raise EnvConfigError(f"env split '{split}' unknown; valid choices: train, eval")
         if eval_on not in ("seen", "unseen"):
@@ -125,6 +126,9 @@ class AlfWorldEnv(TextEnv):
                 raise EnvConfigError(f"env.task_types: unknown task '{t}'; valid choices: {', '.join(TASK_IDS)}")
         if int(max_steps) < 1:
             raise EnvConfigError(f"env.max_steps={max_steps} must be >= 1")
+        if demo_games is not None and (int(demo_games) < 1 or (data_dir is None and int(demo_games) > int(num_train))):
+            raise EnvConfigError(f"env.demo_games={demo_games}: valid choices are null (every training game) or "
+                                 f"1..env.num_train={num_train}")
         self.split, self.eval_on = split, eval_on
         self.cache_dir = Path(cache_dir).expanduser().resolve()
         self.task_types = task_types
@@ -134,6 +138,7 @@ class AlfWorldEnv(TextEnv):
         self.invalid_penalty, self.step_penalty = float(invalid_penalty), float(step_penalty)
         self.data_dir = data_dir
         self.corpus_episodes = int(corpus_episodes)
+        self.demo_games = None if demo_games is None else int(demo_games)
         _prepare_dirs(self.cache_dir)
         from envs.alfworld.generator import GenSettings
 
@@ -188,16 +193,21 @@ class AlfWorldEnv(TextEnv):
         self.game_files = list(alf.game_files)
         return self._gym
 
-    def game_for(self, seed: int) -> str:
+    def game_for(self, seed: int, among: int | None = None) -> str:
+        """The game an episode seed plays: eval splits in order, training games drawn by the seed
+        (from the first `among` generated ones when given: the expert demonstrations' games)."""
         self._ensure()
         if self.split == "eval":
             return self.game_files[seed % len(self.game_files)]
-        return random.Random(seed).choice(self.game_files)
+        files = self.game_files
+        if among is not None:  # generation order: the trial seed in the folder name grows with it
+            files = sorted(sorted(files, key=lambda f: Path(f).parent.name)[:among])
+        return random.Random(seed).choice(files)
 
     # --- episode ----------------------------------------------------------------------------
-    def reset(self, seed: int) -> str:
+    def reset(self, seed: int, among: int | None = None) -> str:
         env = self._ensure()
-        gamefile = self.game_for(seed)
+        gamefile = self.game_for(seed, among)
         env.gamefiles = [gamefile]  # the batch env cycles through `gamefiles`: play this one
         env.seed(seed % 2**32)  # numpy seeds are 32-bit; eval seeds start at a large offset
         obs, infos = env.reset()
@@ -262,16 +272,19 @@ class AlfWorldEnv(TextEnv):
         return observation, reward, done, info
 
     # --- warm start -------------------------------------------------------------------------
-    def expert_episodes(self, n: int, seed: int, admissible: bool = False) -> list[list[tuple]]:
+    def expert_episodes(self, n: int, seed: int, admissible: bool = False,
+                        games: int | None = None) -> list[list[tuple]]:
         """n won episodes of ALFWorld's expert (`expert_type`) on training games, each a list of
         (observation, command) turns: the intro then each feedback, with the command played
         after it; with `admissible`, (observation, command, the admissible commands then) — what
-        a policy decoding under `constrain_actions` could have answered. Cached as JSON beside
+        a policy decoding under `constrain_actions` could have answered. `games`: play only the first
+        that many generated training games (env.demo_games). Cached as JSON beside
         the games (keyed by n, seed and the settings that shape the text), so a new model or SFT
         budget reuses them: an expert step costs ~0.1 s."""
         env = self if self.split == "train" else AlfWorldEnv(split="train", **self._settings())
         shape = {"remind_task": True} if self.remind_task else {}  # (absent when off: earlier caches stay valid)
         shape |= {"admissible": True} if admissible else {}
+        shape |= {"games": games} if games is not None else {}
         key = hashlib.sha256(json.dumps({"n": n, "seed": seed, "expert": self.expert_type, "max_steps": self.max_steps,
                                          "show_admissible": self.show_admissible, "format": DEMO_FORMAT, **shape},
                                         sort_keys=True).encode()).hexdigest()[:16]
@@ -286,7 +299,7 @@ class AlfWorldEnv(TextEnv):
                 print(f"[alfworld] expert episodes: {played} played, {len(episodes)}/{n} won "
                       f"({time.time() - start:.0f}s)", flush=True)
             played += 1
-            observation, turns, done, info = env.reset(rng.randrange(2**31)), [], False, {}
+            observation, turns, done, info = env.reset(rng.randrange(2**31), games), [], False, {}
             while not done:
                 action = env.expert_action()
                 if action is None:
@@ -308,7 +321,7 @@ class AlfWorldEnv(TextEnv):
         and that last command. SFT's loss covers prompt and response, so one pair trains every
         turn of the episode once (per-turn pairs would repeat each prefix once per turn)."""
         pairs = []
-        for turns in self.expert_episodes(n, seed):
+        for turns in self.expert_episodes(n, seed, games=self.demo_games):
             text = turns[0][0]
             for (_, action), (observation, _) in zip(turns, turns[1:]):
                 text += " " + action + EOS + observation
@@ -319,7 +332,7 @@ class AlfWorldEnv(TextEnv):
         """The same won expert episodes as (text, is_action) pieces, for SFT on the actions only
         (`env.sft.loss_on=actions`): each observation, then the command played after it."""
         return [[piece for observation, action in turns for piece in ((observation, False), (" " + action, True))]
-                for turns in self.expert_episodes(n, seed)]
+                for turns in self.expert_episodes(n, seed, games=self.demo_games)]
 
     def corpus(self, n: int, seed: int) -> list[str]:
         """The tokenizer's corpus: transcripts of at most `corpus_episodes` expert episodes (an
@@ -335,7 +348,8 @@ class AlfWorldEnv(TextEnv):
                 "expert_type": self.expert_type, "show_admissible": self.show_admissible,
                 "invalid_penalty": self.invalid_penalty, "step_penalty": self.step_penalty,
                 "constrain_actions": self.constrain_actions, "remind_task": self.remind_task,
-                "corpus_episodes": self.corpus_episodes}
+                "corpus_episodes": self.corpus_episodes,
+                **({"demo_games": self.demo_games} if self.demo_games is not None else {})}
 
     def fingerprint(self) -> dict[str, Any]:
         here = Path(__file__).parent
