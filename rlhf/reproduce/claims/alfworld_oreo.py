@@ -171,8 +171,9 @@ register(Claim(
              "not taken.",
              "Run 3 (2026-12-04), run 2 with OREO and RFT learning the constrained policy: INCONCLUSIVE in 33.9 min "
              "— OREO - SFT -0.033 [-0.100, +0.027]; OREO - RFT +0.007 [-0.040, +0.053]; PPO - SFT -0.040 "
-             "[-0.100, +0.013]. The SFT policy won 84-91% of its own samples (the pool with the expert episodes 89-94%) on the 200 "
-             "training games it was trained on; run 4 keeps the warm start and draws pools and PPO episodes from 1,000 training games."],
+             "[-0.100, +0.013]. The SFT policy won 84-91% of its own samples (the pool with the expert episodes "
+             "89-94%) on the 200 training games it was trained on; run 4 keeps the warm start and draws pools and "
+             "PPO episodes from 1,000 training games."],
     budget="games + SFT warm start (cached) + 3 seeds x (sample pool, OREO, RFT, PPO, 3 seen evaluations); "
            "~15 min on 2 cores",
 ))
