@@ -139,7 +139,7 @@ def score_programs(policy, phi, head, ids, attention, mask, algo) -> torch.Tenso
 
 @dataclass
 class CodeMinibatch(Minibatch):
-    real: torch.Tensor  # [B] 1 for ground-truth programs
+    real: torch.Tensor | None = None  # [B] 1 for ground-truth programs (always set by collate)
 
 
 class BCoder(OfflineRounds):
