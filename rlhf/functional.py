@@ -61,6 +61,12 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
 # log-probabilities
 
 
+def aligned(x: torch.Tensor) -> torch.Tensor:
+    """Outputs at position t-1 moved to t (position 0 gets zeros): position t then holds what the
+    model said before token t, the distribution that predicts it or the value of the state s_t."""
+    return F.pad(x[:, :-1], (0, 0, 1, 0)) if x.dim() == 3 else F.pad(x[:, :-1], (1, 0))
+
+
 def constrain_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
     """Constrained decoding's distribution: logits [..., V] with -inf outside the ids each
     position may take, `allowed` [..., K] (-1 padding; a position whose first entry is -1 is

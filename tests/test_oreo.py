@@ -96,8 +96,9 @@ def test_full_vocabulary_kl():
     ref = torch.zeros(1, 2, 2)
     p = torch.softmax(logits, -1)
     by_hand = (p * (p.log() - torch.log(torch.tensor(0.5)))).sum(-1)
-    assert torch.isclose(full_kl(logits, ref, torch.tensor([[1., 1.]])), by_hand.mean())
-    assert torch.isclose(full_kl(logits, ref, torch.tensor([[0., 1.]])), by_hand[0, 1])
+    logp, ref_logp = logits.log_softmax(-1), ref.log_softmax(-1)
+    assert torch.isclose(full_kl(logp, ref_logp, torch.tensor([[1., 1.]])), by_hand.mean())
+    assert torch.isclose(full_kl(logp, ref_logp, torch.tensor([[0., 1.]])), by_hand[0, 1])
 
 
 # --- end to end: train, log, checkpoint the value model, search with it ------------------------------

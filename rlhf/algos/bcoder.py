@@ -42,6 +42,7 @@ from rlhf import code_eval
 from rlhf.algos.base import optimizer_step
 from rlhf.config import ConfigError, require_ints
 from rlhf.evaluation import EVAL_SEED_OFFSET, checkpoint_policy, evaluate_lm_checkpoint
+from rlhf.functional import aligned
 from rlhf.offline import Minibatch, OfflineRounds, Trajectory
 
 log = logging.getLogger("rlhf")
@@ -56,11 +57,6 @@ def softabs(v: torch.Tensor) -> torch.Tensor:
 def bound(v: torch.Tensor, r_max: float) -> torch.Tensor:
     """V = R_max - softabs(v) <= R_max, so Q = A + V <= R_max since A <= 0 (App. G.1)."""
     return r_max - softabs(v)
-
-
-def aligned(x: torch.Tensor) -> torch.Tensor:
-    """Outputs at position t-1 moved to t: the state s_t before token t (rlhf.functional convention)."""
-    return F.pad(x[:, :-1], (0, 0, 1, 0)) if x.dim() == 3 else F.pad(x[:, :-1], (1, 0))
 
 
 def advantage(logits: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from agents.models import ValueModel, lm_forward
 from rlhf.algos.base import optimizer_step
 from rlhf.config import ConfigError
-from rlhf.functional import constrain_logits, token_logprobs
+from rlhf.functional import aligned, constrain_logits
 from rlhf.offline import Minibatch, OfflineRounds, evaluate  # noqa: F401  (evaluate: python -m rlhf.evaluate)
 from rlhf.rollout.guidance import VALUE_MODEL_DIR
 
@@ -100,20 +100,22 @@ def oreo_losses(logp, ref_logp, values, returns, action_mask, starts, beta: floa
     return value_loss, policy_loss, valid
 
 
-def full_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
-            allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over masked tokens of KL(pi || pi_ref) over the whole vocabulary; logits aligned to
-    the token they predict. Under constrained decoding (`allowed` [B, L, K], aligned likewise)
-    both are renormalized over the allowed ids, the distributions the policy acts with."""
-    logp = F.log_softmax(constrain_logits(logits.float(), allowed), -1)
-    ref = F.log_softmax(constrain_logits(ref_logits.float(), allowed), -1)
-    kl = (logp.exp() * torch.where(logp.isfinite(), logp - ref, 0.0)).sum(-1)
+def policy_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
+                    allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(. | tokens_<t) over the vocabulary at position t [B, L, V], and log pi(token_t | tokens_<t)
+    [B, L] (column 0 is 0), in fp32. Under constrained decoding (`allowed` [B, L, K], aligned to
+    token t) pi is renormalized over the allowed ids, the distribution the policy acts with; the
+    constraint is applied once and serves both lambda_t and the KL regularizer."""
+    full = F.log_softmax(constrain_logits(aligned(logits.float()), allowed), -1)
+    taken = full.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1)
+    return full, F.pad(taken[:, 1:], (1, 0))
+
+
+def full_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked tokens of KL(pi || pi_ref) over the whole vocabulary, from the two
+    log-distributions [B, L, V] (policy_logprobs); ids outside a constraint (-inf) contribute 0."""
+    kl = (logp.exp() * torch.where(logp.isfinite(), logp - ref_logp, 0.0)).sum(-1)
     return (kl * mask).sum() / mask.sum().clamp(min=1)
-
-
-def aligned(logits: torch.Tensor) -> torch.Tensor:
-    """Logits moved one position right, so position t holds the distribution of token t."""
-    return F.pad(logits[:, :-1], (0, 0, 1, 0))
 
 
 class OREO(OfflineRounds):
@@ -145,10 +147,8 @@ class OREO(OfflineRounds):
         allowed = batch.allowed_ids  # constrained decoding: pi and pi_ref renormalized over the allowed ids
         starts = state_starts(batch, self.level, self.splitter)
         with torch.no_grad():
-            ref_logits = lm_forward(self.ref, ids, attn)
-            ref_logp = token_logprobs(ref_logits, ids, allowed=allowed)
-        logits = lm_forward(self.policy, ids, attn)
-        logp = token_logprobs(logits, ids, allowed=allowed)
+            ref_full, ref_logp = policy_logprobs(lm_forward(self.ref, ids, attn), ids, allowed)
+        full, logp = policy_logprobs(lm_forward(self.policy, ids, attn), ids, allowed)
         # 1) critic step on sg[Lambda]
         value_loss, _, valid = oreo_losses(logp.detach(), ref_logp, self.critic.values(ids, attn), batch.returns,
                                            mask, starts, self.beta)
@@ -157,7 +157,7 @@ class OREO(OfflineRounds):
         with torch.no_grad():
             values = self.critic.values(ids, attn)
         _, policy_loss, _ = oreo_losses(logp, ref_logp, values, batch.returns, mask, starts, self.beta)
-        kl_reg = full_kl(aligned(logits), aligned(ref_logits), mask, allowed)
+        kl_reg = full_kl(full, ref_full, mask)
         actor_norm = optimizer_step(self.actor_opt, policy_loss + self.alpha * kl_reg, float(a.max_grad_norm))
         with torch.no_grad():
             first = mask.argmax(-1)
