@@ -117,19 +117,24 @@ class AllowedSequences(LogitsProcessor):
                 node = node.setdefault(t, {})
         return root
 
+    @staticmethod
+    def choices(tree: dict, prefix: list[int]) -> list[int] | None:
+        """The ids allowed after spelling `prefix` from the tree's root: the children of the node
+        reached; None when `prefix` leaves the tree or ends a sequence (the row is free)."""
+        node = tree
+        for t in prefix:
+            node = node.get(t)
+            if node is None:
+                return None
+        return sorted(node) if node else None
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         generated = input_ids[:, self.width:].tolist()
         for i, tree in enumerate(self.trees):
-            node = tree
-            for t in generated[i] if tree is not None else ():
-                node = node.get(t)
-                if node is None:
-                    break
-            if not node:  # free text, finished (past EOS) or off the tree
-                self.steps[i].append(None)
-                continue
-            ids = sorted(node)
+            ids = None if tree is None else self.choices(tree, generated[i])
             self.steps[i].append(ids)
+            if ids is None:  # free text, finished (past EOS) or off the tree
+                continue
             keep = torch.full_like(scores[i], float("-inf"))
             keep[ids] = 0.0
             scores[i] = scores[i] + keep
@@ -138,13 +143,9 @@ class AllowedSequences(LogitsProcessor):
 
 def allowed_along(sequences: list[list[int]], ids: list[int]) -> list[list[int] | None]:
     """The allowed ids at each position of `ids` (a sequence spelled under the constraint of
-    `sequences`), as AllowedSequences records them while decoding: the children of the prefix
-    tree's node reached so far; None once `ids` leaves the tree or ends a sequence."""
-    node, out = AllowedSequences.tree(sequences), []
-    for t in ids:
-        out.append(sorted(node) if node else None)
-        node = (node or {}).get(t)
-    return out
+    `sequences`), exactly as AllowedSequences records them while decoding."""
+    tree = AllowedSequences.tree(sequences)
+    return [AllowedSequences.choices(tree, ids[:k]) for k in range(len(ids))]
 
 
 def sampling_processors(sampling: SamplingParams) -> list[LogitsProcessor]:
