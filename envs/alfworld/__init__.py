@@ -147,6 +147,7 @@ class AlfWorldEnv(TextEnv):
                                distractors=tuple(int(x) for x in distractors), seed=int(gen_seed))
         self._gym = None
         self.game_files: list[str] = []
+        self._first_generated: dict[int, list[str]] = {}  # among -> the first `among` generated training games
         self._state: dict[str, Any] | None = None
 
     # --- games ------------------------------------------------------------------------------
@@ -199,10 +200,12 @@ class AlfWorldEnv(TextEnv):
         self._ensure()
         if self.split == "eval":
             return self.game_files[seed % len(self.game_files)]
-        files = self.game_files
-        if among is not None:  # generation order: the trial seed in the folder name grows with it
-            files = sorted(sorted(files, key=lambda f: Path(f).parent.name)[:among])
-        return random.Random(seed).choice(files)
+        if among is None:
+            return random.Random(seed).choice(self.game_files)
+        if among not in self._first_generated:  # generation order: the trial seed in the folder name grows with it
+            by_generation = sorted(self.game_files, key=lambda f: Path(f).parent.name)
+            self._first_generated[among] = sorted(by_generation[:among])
+        return random.Random(seed).choice(self._first_generated[among])
 
     # --- episode ----------------------------------------------------------------------------
     def reset(self, seed: int, among: int | None = None) -> str:
