@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -135,7 +135,7 @@ def score_programs(policy, phi, head, ids, attention, mask, algo) -> torch.Tenso
 
 @dataclass
 class CodeMinibatch(Minibatch):
-    real: torch.Tensor | None = None  # [B] 1 for ground-truth programs (always set by collate)
+    real: torch.Tensor = field(kw_only=True)  # [B] 1 for ground-truth programs
 
 
 class BCoder(OfflineRounds):
