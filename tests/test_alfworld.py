@@ -85,7 +85,7 @@ def test_generation_is_deterministic_given_the_seed(tmp_path):
 def test_planner_expert_through_the_env_wins_every_training_game(cache, root):
     """env.expert_type=planner reaches AlfredTWEnv's expert wrapper (alfworld 0.4.2 drops it:
     alfred_expert_by_keyword) and plays the generator's planner plan, winning every game."""
-    env = make(cache, expert_type="planner", max_steps=150)
+    env = make(cache, expert_type="planner", max_steps=150, expert=True)
     env.reset(0)
     assert len(env.game_files) == SETTINGS["num_train"]
     for gamefile in env.game_files:
@@ -113,7 +113,7 @@ def play_expert(env, seed: int) -> tuple[bool, list[str]]:
 
 def test_handcoded_expert_plays_through_the_env(cache):
     random.seed(0)  # the hand-coded expert falls back on random.choice (the global RNG) among admissible commands
-    env = make(cache, expert_type="handcoded", max_steps=60)
+    env = make(cache, expert_type="handcoded", max_steps=60, expert=True)
     env.reset(0)
 
     def won(seed: int) -> bool:
@@ -187,7 +187,7 @@ def test_observation_tokens_carry_no_loss_in_an_alfworld_episode(cache):
     from rlhf.rollout.runner import EpisodeRunner
     from rlhf.warmstart import train_tokenizer
 
-    env = make(cache, show_admissible=False, max_steps=60)
+    env = make(cache, show_admissible=False, max_steps=60, expert=True)
     tokenizer = train_tokenizer([p + r for p, r in env.demonstrations(2, seed=1)], 400)
     seen: list[str] = []
 
@@ -355,7 +355,7 @@ def test_expert_lists_lay_out_turns_like_the_runner(cache):
     from rlhf.offline import expert_lists
     from rlhf.warmstart import train_tokenizer
 
-    env = make(cache, show_admissible=False, max_steps=60)
+    env = make(cache, show_admissible=False, max_steps=60, expert=True)
     tokenizer = train_tokenizer([p + r for p, r in env.demonstrations(2, seed=1)], 400)
     (episode,), (lst,) = env.expert_episodes(1, seed=1), expert_lists(env, tokenizer, 1, seed=1)
     ids, mask = lst.responses[0], lst.masks[0]
@@ -406,3 +406,50 @@ def test_demo_games_keep_demonstrations_on_the_first_generated_games(cache, root
     assert len(env.demonstrations(2, seed=3)) == 2
     with pytest.raises(EnvConfigError, match="env.demo_games=7"):
         make(cache, demo_games=7)
+
+
+def test_engine_memos_change_no_game(cache, monkeypatch):
+    """engine_memo (the admissible commands' text memoized per game, PDDL translations memoized)
+    changes nothing: the planner's episodes on 4 training games, replayed with TextWorld's own
+    derivation and translation, see the same admissible commands and the same expert plan at
+    every step. An env built without expert=True computes no plan and says so."""
+    import fast_downward
+    from textworld.envs.pddl import pddl
+
+    from envs.alfworld import engine_memo
+
+    def admissible(env):
+        return sorted(env._state["info"]["admissible_commands"])
+
+    env = make(cache, expert_type="planner", max_steps=150, expert=True)
+    seeds, played, memoized = range(4), [], []
+    for seed in seeds:
+        env.reset(seed)
+        cmds, lists, done = [], [admissible(env)], False
+        while not done:
+            cmds.append(env.expert_action())
+            _, _, done, _ = env.step(" " + cmds[-1])
+            lists.append(admissible(env))
+        played.append(cmds)
+        memoized.append(lists)
+    assert pddl.PddlEnv._gather_infos.memoized and fast_downward.pddl2sas.memoized
+    monkeypatch.setattr(pddl.PddlEnv, "_gather_infos", pddl.PddlEnv._gather_infos.unmemoized)
+    monkeypatch.setattr(fast_downward, "pddl2sas", fast_downward.pddl2sas.unmemoized)
+    monkeypatch.setattr(engine_memo, "install", lambda: None)  # the next env must not install them again
+    plain = make(cache, expert_type="planner", max_steps=150, expert=True)
+    for seed, cmds, lists in zip(seeds, played, memoized):
+        plain.reset(seed)
+        got = [admissible(plain)]
+        for cmd in cmds:
+            assert plain.expert_action() == cmd
+            plain.step(" " + cmd)
+            got.append(admissible(plain))
+        assert got == lists
+    assert not getattr(pddl.PddlEnv._gather_infos, "memoized", False)
+    assert not getattr(fast_downward.pddl2sas, "memoized", False)
+    assert sum(map(len, played)) > 10 and any(c.startswith("go to") for x in memoized for c in x[0])
+    no_expert = make(cache, expert_type="planner")
+    no_expert.reset(0)
+    assert "extra.expert_plan" not in no_expert._state["info"]
+    with pytest.raises(RuntimeError, match="expert=True"):
+        no_expert.expert_action()

@@ -8,8 +8,9 @@ same adapter plays a real ALFWorld release instead (`$ALFWORLD_DATA/json_2.1.1`,
 holds `train/`, `valid_seen/`, `valid_unseen/`); nothing is generated then.
 
 The game runs in `AlfredTWEnv(config, split).init_env(batch_size=1)`, i.e. with ALFWorld's own
-AlfredDemangler / AlfredInfos wrappers and, on the train split, the AlfredExpert wrapper
-(`expert_type` handcoded or planner), as AlfredTWEnv sets them up (with the expert's type passed
+AlfredDemangler / AlfredInfos wrappers and, on the train split of an env built with expert=True
+(the one that plays the demonstrations), the AlfredExpert wrapper (`expert_type` handcoded or
+planner), as AlfredTWEnv sets them up (with the expert's type passed
 by keyword: `alfred_expert_by_keyword`). Splits: `train` plays
 the training games; `eval` plays `valid_seen` (eval_on=seen) or `valid_unseen` (eval_on=unseen).
 On the eval split `reset(seed)` takes game `seed mod len`, so seeds 0..n-1 score n distinct
@@ -113,7 +114,7 @@ class AlfWorldEnv(TextEnv):
                  max_steps: int = 30, expert_type: str = "handcoded", show_admissible: bool = False,
                  constrain_actions: bool = False, remind_task: bool = False, corpus_episodes: int = 50,
                  demo_games: int | None = None, invalid_penalty: float = 0.0, step_penalty: float = 0.0,
-                 max_turns: int | None = None, **_: Any):
+                 max_turns: int | None = None, expert: bool = False, **_: Any):
         if split not in ("train", "eval"):
             raise EnvConfigError(f"env split '{split}' unknown; valid choices: train, eval")
         if eval_on not in ("seen", "unseen"):
@@ -137,6 +138,7 @@ class AlfWorldEnv(TextEnv):
         self.constrain_actions, self.remind_task = bool(constrain_actions), bool(remind_task)
         self.invalid_penalty, self.step_penalty = float(invalid_penalty), float(step_penalty)
         self.data_dir = data_dir
+        self.expert = bool(expert)  # attach ALFWorld's expert (train split): only playing it needs its plan
         self.corpus_episodes = int(corpus_episodes)
         self.demo_games = None if demo_games is None else int(demo_games)
         _prepare_dirs(self.cache_dir)
@@ -169,8 +171,11 @@ class AlfWorldEnv(TextEnv):
                 "dataset": {"data_path": str(root / "train"), "eval_id_data_path": str(root / "valid_seen"),
                             "eval_ood_data_path": str(root / "valid_unseen"), "num_train_games": -1,
                             "num_eval_games": -1},
-                "general": {"training_method": "dagger"},
-                "dagger": {"training": {"max_nb_steps_per_episode": self.max_steps}}}
+                # AlfredTWEnv attaches its expert (and so, for the planner, a fresh plan at every step: ~35 ms)
+                # only for "dagger" training on the train split; "dqn" plays the same games without it
+                "general": {"training_method": "dagger" if self.expert else "dqn"},
+                "dagger": {"training": {"max_nb_steps_per_episode": self.max_steps}},
+                "rl": {"training": {"max_nb_steps_per_episode": self.max_steps}}}
 
     def mode(self) -> str:
         return SPLIT_MODE["train" if self.split == "train" else self.eval_on]
@@ -180,9 +185,11 @@ class AlfWorldEnv(TextEnv):
             return self._gym
         from alfworld.agents.environment.alfred_tw_env import AlfredTWEnv
 
+        from envs.alfworld import engine_memo
         from envs.alfworld.generator import memoize_textgen
 
         memoize_textgen()
+        engine_memo.install()
         root = self.root()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             alf = AlfredTWEnv(self.alfred_config(root), train_eval=self.mode())
@@ -238,7 +245,11 @@ class AlfWorldEnv(TextEnv):
         return [" " + c for c in self.admissible(self._state["info"])]
 
     def expert_action(self) -> str | None:
-        """The next action of ALFWorld's expert (train split only, as AlfredTWEnv attaches it)."""
+        """The next action of ALFWorld's expert (train split only, as AlfredTWEnv attaches it; the
+        env must be built with expert=True)."""
+        if not self.expert:
+            raise RuntimeError("expert_action() needs AlfWorldEnv(..., expert=True): without it ALFWorld's "
+                               "expert is not attached (RL rollouts do not pay for its plan)")
         plan = (self._state or {}).get("info", {}).get("extra.expert_plan") or []
         return plan[0] if plan else None
 
@@ -284,7 +295,8 @@ class AlfWorldEnv(TextEnv):
         that many generated training games (env.demo_games). Cached as JSON beside
         the games (keyed by n, seed and the settings that shape the text), so a new model or SFT
         budget reuses them: an expert step costs ~0.1 s."""
-        env = self if self.split == "train" else AlfWorldEnv(split="train", **self._settings())
+        env = self if self.split == "train" and self.expert else AlfWorldEnv(split="train", expert=True,
+                                                                              **self._settings())
         shape = {"remind_task": True} if self.remind_task else {}  # (absent when off: earlier caches stay valid)
         shape |= {"admissible": True} if admissible else {}
         shape |= {"games": games} if games is not None else {}
