@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -421,7 +422,10 @@ def test_engine_memos_change_no_game(cache, monkeypatch):
     def admissible(env):
         return sorted(env._state["info"]["admissible_commands"])
 
+    argv = list(sys.argv)
     env = make(cache, expert_type="planner", max_steps=150, expert=True)
+    env.game_for(0)  # installs the memos
+    fast_downward.pddl2sas.memo.clear()  # so this test's games are translated here
     seeds, played, memoized = range(4), [], []
     for seed in seeds:
         env.reset(seed)
@@ -433,6 +437,7 @@ def test_engine_memos_change_no_game(cache, monkeypatch):
         played.append(cmds)
         memoized.append(lists)
     assert pddl.PddlEnv._gather_infos.memoized and fast_downward.pddl2sas.memoized
+    assert sys.argv == argv  # fast_downward's translator sets its own; the memo puts the caller's back
     monkeypatch.setattr(pddl.PddlEnv, "_gather_infos", pddl.PddlEnv._gather_infos.unmemoized)
     monkeypatch.setattr(fast_downward, "pddl2sas", fast_downward.pddl2sas.unmemoized)
     monkeypatch.setattr(engine_memo, "install", lambda: None)  # the next env must not install them again

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import sys
 from collections import OrderedDict
 
 TRANSLATIONS_KEPT = 64  # ~170 KB each: the games most recently loaded
@@ -59,7 +60,8 @@ def memoize_translation() -> None:
     planner), and TextWorld builds a `PddlState` both when it loads a game and when it resets
     it, so a reset translated the same problem four times. The translation is a pure function of
     (domain, problem, flags); the memo keeps the most recent ones pickled, so every caller gets
-    its own copy of the task objects, as from a fresh translation."""
+    its own copy of the task objects, as from a fresh translation. The caller's sys.argv is
+    restored after a translation (fast_downward sets it to its own for its option parser)."""
     import fast_downward
     from textworld.envs.pddl import logic
 
@@ -72,12 +74,16 @@ def memoize_translation() -> None:
         if key in memo:
             memo.move_to_end(key)
         else:
-            memo[key] = pickle.dumps(translate(domain, problem, verbose=verbose, optimize=optimize))
+            argv = sys.argv  # fast_downward's translator overwrites sys.argv for its option parser
+            try:
+                memo[key] = pickle.dumps(translate(domain, problem, verbose=verbose, optimize=optimize))
+            finally:
+                sys.argv = argv
             while len(memo) > TRANSLATIONS_KEPT:
                 memo.popitem(last=False)
         return pickle.loads(memo[key])
 
-    pddl2sas.memoized = True
+    pddl2sas.memoized, pddl2sas.memo = True, memo
     pddl2sas.unmemoized = translate
     fast_downward.pddl2sas = pddl2sas  # textworld's PddlState calls it as fast_downward.pddl2sas
 
