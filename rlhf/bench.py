@@ -26,8 +26,10 @@ are per round, then the median is reported.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -178,6 +180,13 @@ def bench_rollout(policy, tokenizer, vllm_engine, prompts, max_new_tokens: int, 
 
 
 # --- (b) training ------------------------------------------------------------------------------
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder for a trainer's run directory, removed when the benchmark exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def make_trainer(overrides: list[str], run_dir: Path):
     from rlhf.config import compose, validate
     from rlhf.trainer import Trainer
@@ -214,7 +223,7 @@ def trl_grpo(policy_dir: Path, tokenizer, prompts_text: list[str], cfg, phases: 
                 lengths.append(float(logs["completions/mean_length"]))
 
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-trl-"), report_to="none", bf16=False, fp16=False,
+        output_dir=scratch_dir("bench-trl-"), report_to="none", bf16=False, fp16=False,
         gradient_checkpointing=False, use_cpu=device == "cpu", save_strategy="no", logging_steps=steps_per_phase,
         learning_rate=float(cfg.algo.lr), beta=float(cfg.algo.kl_coef), num_generations=2,
         per_device_train_batch_size=per_phase // minibatches, steps_per_generation=minibatches,
@@ -248,7 +257,7 @@ def bench_training(cfg_overrides: list[str], phases: int, skip: set[str], device
                    vllm_memory: PeakMemory | None = None, one_step: bool = False) -> dict:
     """Our PPO and P3O (rollout=hf), and TRL GRPO, interleaved phase by phase, at equal optimizer
     steps per phase (PPO's epochs x minibatches) or at one optimizer step per phase."""
-    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    tmp = Path(scratch_dir("bench-"))
     common = [*cfg_overrides, "reward=gold", "train.checkpoint_every=0", f"device={device}"]
     meters = {name: Meter(name) for name in ["ppo", "p3o", "ppo_vllm", "trl_grpo"]}
     ours = {}
@@ -393,7 +402,7 @@ def main(argv=None) -> dict:
         vllm_memory = PeakMemory()
         with vllm_memory.measure():
             vllm_trainer = make_trainer(["algo=ppo", "rollout=vllm", *overrides, "reward=gold", "train.checkpoint_every=0",
-                                         f"device={args.device}"], Path(tempfile.mkdtemp(prefix="bench-vllm-")))
+                                         f"device={args.device}"], Path(scratch_dir("bench-vllm-")))
     results: dict = {"setup": setup_info(cfg, args, rounds, phases, overrides)}
     if "rollout" not in skip:
         from agents.models import load_lm, load_tokenizer
