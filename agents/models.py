@@ -141,11 +141,20 @@ class ValueModel(nn.Module):
         return cls(copy.deepcopy(lm.base_model), head_init)
 
     def raw(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Head output at every position: [B, L] (value of the state *after* token t)."""
-        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_from_mask(attention_mask),
+        """Head output at every position: [B, L] (value of the state *after* token t). Trailing
+        columns that are padding in every row, beyond the first of them, skip the trunk and are 0
+        (causal attention: no real position reads them; a minibatch of a right-padded grid is often
+        much shorter than the grid)."""
+        full = input_ids.shape[1]
+        real = attention_mask.bool().any(0).nonzero()
+        width = min(int(real.max()) + 2, full) if len(real) else full
+        ids, mask = input_ids[:, :width], attention_mask[:, :width]
+        hidden = self.trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                             use_cache=False).last_hidden_state
-        return self.head(hidden.float()).squeeze(-1)
+        out = self.head(hidden.float()).squeeze(-1)
+        if width < full:
+            out = torch.cat([out, out.new_zeros((out.shape[0], full - width, *out.shape[2:]))], 1)
+        return out
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """V(state before token t) aligned to token t (rlhf.functional convention)."""

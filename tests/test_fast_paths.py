@@ -143,3 +143,37 @@ def test_reused_behaviour_logprobs_match_the_teacher_forced_pass():
         logp, _ = action_forward(model, batch.input_ids, batch.attention_mask, batch.action_mask, 0.8)
     gap = ((logp - batch.behaviour_logprobs).abs() * batch.action_mask).max()
     assert gap < 1e-5
+
+
+def test_value_model_skips_trailing_padding_columns():
+    """(d) ValueModel.raw runs the trunk only up to one column past the longest row: the same
+    values (float rounding) wherever a row is real and at that first padding column, 0 beyond;
+    a left-padded batch (real tokens in the last column) is computed whole; a multi-head critic
+    keeps its [B, L, heads] shape."""
+    from agents.critics import MultiHeadCritic
+    from agents.models import ValueModel, position_ids_from_mask
+
+    torch.manual_seed(0)
+    critic = ValueModel.from_lm(tiny_lm(0), head_init="zeros")
+    torch.nn.init.normal_(critic.head.weight)
+    batch = padded_batch()
+    ids, attn = batch.input_ids, batch.attention_mask
+
+    def whole(model, ids, attn):  # the trunk over every column, as before
+        hidden = model.trunk(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn),
+                             use_cache=False).last_hidden_state
+        return model.head(hidden.float()).squeeze(-1)
+
+    width = int(attn.sum(-1).max()) + 1  # the longest row and the first column past it
+    got, ref = critic.raw(ids, attn), whole(critic, ids, attn)
+    assert got.shape == ref.shape and width < ids.shape[1]
+    assert torch.allclose(got[:, :width], ref[:, :width], atol=1e-5)
+    assert (got[:, width:] == 0).all() and not (ref[:, width:] == 0).all()
+    left = torch.flip(attn, [1])  # the same lengths, left-padded
+    assert torch.equal(critic.raw(ids, left), whole(critic, ids, left))
+    multi = MultiHeadCritic(copy.deepcopy(critic.trunk), heads=3)
+    torch.nn.init.normal_(multi.head.weight)
+    values = multi.values(ids, attn)
+    assert values.shape == (*ids.shape, 3)
+    assert torch.allclose(values[:, :width], torch.cat([torch.zeros_like(values[:, :1]), whole(multi, ids, attn)[:, :-1]], 1)[:, :width],
+                          atol=1e-5)
