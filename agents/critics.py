@@ -6,21 +6,17 @@ loss while the trunk is shared.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from agents.models import ValueModel
 
 
 class MultiHeadCritic(ValueModel):
-    """A value model with one head per reward stream: values() is [B, L, heads]."""
+    """A value model with one head per reward stream: values() is [B, L, heads] (ValueModel.values
+    aligns along the positions whatever the trailing shape)."""
 
     def __init__(self, trunk: nn.Module, heads: int):
         super().__init__(trunk, head_init="zeros")
         self.head = nn.Linear(trunk.config.hidden_size, heads)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        raw = self.raw(input_ids, attention_mask)  # [B, L, heads]: the value after token t
-        return torch.cat([torch.zeros_like(raw[:, :1]), raw[:, :-1]], dim=1)

@@ -26,6 +26,20 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def aligned(x: torch.Tensor) -> torch.Tensor:
+    """Outputs at position t-1 moved to t along dim 1 (position 0 gets zeros): position t then
+    holds what the model said before token t, the distribution that predicts it or the value of
+    the state s_t. [B, L] or [B, L, ...]."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
+
+
+def real_width(attention_mask: torch.Tensor) -> int:
+    """One past the last column where any row is real: the columns after it are padding in
+    every row (right padding) and no real position attends to them."""
+    real = attention_mask.bool().any(0).nonzero()
+    return int(real.max()) + 1 if len(real) else attention_mask.shape[1]
+
+
 def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -146,8 +160,7 @@ class ValueModel(nn.Module):
         (causal attention: no real position reads them; a minibatch of a right-padded grid is often
         much shorter than the grid)."""
         full = input_ids.shape[1]
-        real = attention_mask.bool().any(0).nonzero()
-        width = min(int(real.max()) + 2, full) if len(real) else full
+        width = min(real_width(attention_mask) + 1, full)
         ids, mask = input_ids[:, :width], attention_mask[:, :width]
         hidden = self.trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                             use_cache=False).last_hidden_state
@@ -158,7 +171,7 @@ class ValueModel(nn.Module):
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """V(state before token t) aligned to token t (rlhf.functional convention)."""
-        return nn.functional.pad(self.raw(input_ids, attention_mask)[:, :-1], (1, 0))
+        return aligned(self.raw(input_ids, attention_mask))
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Reward: the head at the last real token of each (right-padded) row."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.models import position_ids_from_mask  # noqa: F401  (shared math defined beside its users)
+from agents.models import aligned, position_ids_from_mask  # noqa: F401  (shared math defined beside its users)
 from agents.rewards import ENSEMBLE_OBJECTIVES, ensemble_objective  # noqa: F401
 
 # ---------------------------------------------------------------------------------------
@@ -59,12 +59,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
 
 # ---------------------------------------------------------------------------------------
 # log-probabilities
-
-
-def aligned(x: torch.Tensor) -> torch.Tensor:
-    """Outputs at position t-1 moved to t (position 0 gets zeros): position t then holds what the
-    model said before token t, the distribution that predicts it or the value of the state s_t."""
-    return F.pad(x[:, :-1], (0, 0, 1, 0)) if x.dim() == 3 else F.pad(x[:, :-1], (1, 0))
 
 
 def constrain_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
