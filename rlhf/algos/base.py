@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.models import lm_forward, position_ids_from_mask
+from agents.models import lm_forward, position_ids_from_mask, real_width
 from rlhf.functional import action_token_logprobs, token_entropy, token_logprobs
 from rlhf.rollout.batch import Batch
 
@@ -98,7 +98,7 @@ def action_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES and head is not None:
         # right padding: columns past the longest row are padding in every row; drop them
-        width, full = int(attention_mask.sum(-1).max()), input_ids.shape[1]
+        width, full = real_width(attention_mask), input_ids.shape[1]
         ids, mask = input_ids[:, :width], attention_mask[:, :width]
         hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                                      use_cache=False).last_hidden_state
