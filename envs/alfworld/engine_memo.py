@@ -13,6 +13,7 @@ import sys
 from collections import OrderedDict
 
 TRANSLATIONS_KEPT = 64  # ~170 KB each: the games most recently loaded
+NAMES: dict[str, frozenset[str]] = {}  # command template -> the identifiers it contains
 
 
 def memoize_commands() -> None:
@@ -35,7 +36,9 @@ def memoize_commands() -> None:
             self.grammar, self.memo = grammar, memo
 
         def derive(self, start, context):
-            named = set(re.findall(r"[A-Za-z_]\w*", start))  # the placeholders the template can read
+            named = NAMES.get(start)
+            if named is None:  # the placeholders the template can read (a template's names, parsed once)
+                named = NAMES[start] = frozenset(re.findall(r"[A-Za-z_]\w*", start))
             key = (start, tuple(sorted((ph.name, var.name) for ph, var in context["mapping"].items() if ph.name in named)))
             if key not in self.memo:
                 self.memo[key] = self.grammar.derive(start, context)
