@@ -410,37 +410,55 @@ def test_demo_games_keep_demonstrations_on_the_first_generated_games(cache, root
 
 
 def test_engine_memos_change_no_game(cache, monkeypatch):
-    """engine_memo (the admissible commands' text memoized per game, PDDL translations memoized)
-    changes nothing: the planner's episodes on 4 training games, replayed with TextWorld's own
-    derivation and translation, see the same admissible commands and the same expert plan at
-    every step. An env built without expert=True computes no plan and says so."""
+    """engine_memo (the admissible commands' text memoized per game; PDDL translations and grammar
+    parses memoized in the process and on disk) changes nothing: the planner's episodes on 4
+    training games, replayed with the memos read back from disk alone and then with TextWorld's
+    own derivation, translation and parsing, see the same admissible commands and the same expert
+    plan at every step. An env built without expert=True computes no plan and says so."""
     import fast_downward
-    from textworld.envs.pddl import pddl
+    from textworld.envs.pddl import logic, pddl
 
     from envs.alfworld import engine_memo
 
     def admissible(env):
         return sorted(env._state["info"]["admissible_commands"])
 
+    def forget():  # the process's memos; what is on disk stays
+        fast_downward.pddl2sas.memo.clear()
+        logic._parse_and_convert.memo.clear()
+
+    def play(env, seeds):
+        played, lists_per_game = [], []
+        for seed in seeds:
+            env.reset(seed)
+            cmds, lists, done = [], [admissible(env)], False
+            while not done:
+                cmds.append(env.expert_action())
+                _, _, done, _ = env.step(" " + cmds[-1])
+                lists.append(admissible(env))
+            played.append(cmds)
+            lists_per_game.append(lists)
+        return played, lists_per_game
+
     argv = list(sys.argv)
     env = make(cache, expert_type="planner", max_steps=150, expert=True)
     env.game_for(0)  # installs the memos
-    fast_downward.pddl2sas.memo.clear()  # so this test's games are translated here
-    seeds, played, memoized = range(4), [], []
-    for seed in seeds:
-        env.reset(seed)
-        cmds, lists, done = [], [admissible(env)], False
-        while not done:
-            cmds.append(env.expert_action())
-            _, _, done, _ = env.step(" " + cmds[-1])
-            lists.append(admissible(env))
-        played.append(cmds)
-        memoized.append(lists)
-    assert pddl.PddlEnv._gather_infos.memoized and fast_downward.pddl2sas.memoized
+    seeds = range(4)
+    forget()
+    played, memoized = play(env, seeds)
+    assert pddl.PddlEnv._gather_infos.memoized and fast_downward.pddl2sas.memoized and logic._parse_and_convert.memoized
     assert sys.argv == argv  # fast_downward's translator sets its own; the memo puts the caller's back
+    stored = {kind: list((cache / "memo" / kind).rglob("*.pkl.z")) for kind in ("translations", "grammars")}
+    assert len(stored["translations"]) >= 2 * len(seeds) and len(stored["grammars"]) >= len(seeds)
+    forget()
+    with monkeypatch.context() as m:  # every translation and parse is read back from disk
+        for memo in (fast_downward.pddl2sas, logic._parse_and_convert):
+            m.setattr(memo, "unmemoized", lambda *a, **k: pytest.fail("computed again, not read from disk"))
+        assert play(env, seeds) == (played, memoized)
     monkeypatch.setattr(pddl.PddlEnv, "_gather_infos", pddl.PddlEnv._gather_infos.unmemoized)
     monkeypatch.setattr(fast_downward, "pddl2sas", fast_downward.pddl2sas.unmemoized)
-    monkeypatch.setattr(engine_memo, "install", lambda: None)  # the next env must not install them again
+    monkeypatch.setattr(logic, "_parse_and_convert", logic._parse_and_convert.unmemoized)
+    monkeypatch.setattr(engine_memo, "install", lambda *a: None)  # the next env must not install them again
     plain = make(cache, expert_type="planner", max_steps=150, expert=True)
     for seed, cmds, lists in zip(seeds, played, memoized):
         plain.reset(seed)
@@ -452,9 +470,31 @@ def test_engine_memos_change_no_game(cache, monkeypatch):
         assert got == lists
     assert not getattr(pddl.PddlEnv._gather_infos, "memoized", False)
     assert not getattr(fast_downward.pddl2sas, "memoized", False)
+    assert not getattr(logic._parse_and_convert, "memoized", False)
     assert sum(map(len, played)) > 10 and any(c.startswith("go to") for x in memoized for c in x[0])
     no_expert = make(cache, expert_type="planner")
     no_expert.reset(0)
     assert "extra.expert_plan" not in no_expert._state["info"]
     with pytest.raises(RuntimeError, match="expert=True"):
         no_expert.expert_action()
+
+
+def test_disk_memo_reads_back_and_recomputes_a_damaged_file(tmp_path):
+    """engine_memo.DiskMemo: a result is computed once and read back in a new process memo; a file
+    that cannot be read (truncated by a crash, say) counts as a miss and is written again."""
+    from collections import OrderedDict
+
+    from envs.alfworld.engine_memo import DiskMemo, memoized
+
+    store, calls = DiskMemo(tmp_path, "v1"), []
+
+    def compute():
+        calls.append(1)
+        return {"sas": "begin_version 3 end_version"}
+
+    first = memoized(compute, ("domain", "problem"), OrderedDict(), 4, store)
+    assert memoized(compute, ("domain", "problem"), OrderedDict(), 4, store) == first and len(calls) == 1
+    assert DiskMemo(tmp_path, "v2").get(("domain", "problem")) is None  # another salt, another key
+    store.path(("domain", "problem")).write_bytes(b"not zlib")
+    assert memoized(compute, ("domain", "problem"), OrderedDict(), 4, store) == first and len(calls) == 2
+    assert store.get(("domain", "problem")) == first

@@ -189,7 +189,7 @@ class AlfWorldEnv(TextEnv):
         from envs.alfworld.generator import memoize_textgen
 
         memoize_textgen()
-        engine_memo.install()
+        engine_memo.install(self.cache_dir / "memo")
         root = self.root()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             alf = AlfredTWEnv(self.alfred_config(root), train_eval=self.mode())
@@ -368,7 +368,9 @@ class AlfWorldEnv(TextEnv):
 
     def fingerprint(self) -> dict[str, Any]:
         here = Path(__file__).parent
-        source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:16]
+        # engine_memo.py is left out: its memos change no game, command or plan (tests/test_alfworld.py)
+        files = sorted(p for p in here.glob("*.py") if p.name != "engine_memo.py")
+        source = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:16]
         # what shapes the demonstrations and the tokenizer's corpus (the warm start's cache key);
         # the eval split, the reward's penalties and the decoding constraint do not
         out = {k: v for k, v in self._settings().items()
