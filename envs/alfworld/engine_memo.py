@@ -3,7 +3,7 @@ computed once. Measured on a multi-turn PPO phase of 16 ALFWorld episodes (docs/
 "Speed"): TextWorld spent ~60 ms of a ~100 ms step deriving the admissible commands' text and
 ~0.25 s of every reset translating the same PDDL problem four times. Later, on resets of games
 not played before in the process (every evaluation, most of an RL run's): ~120 of ~195 ms a
-reset translated the game's problem and ~30 ms parsed the grammar every game shares.
+reset translated the game's problem and ~25 ms parsed its grammar.
 
 Kept apart from generator.py on purpose: the generated games' cache key is that file's source,
 and these memos change no game. Nor are they part of the warm start's key (AlfWorldEnv.fingerprint).
@@ -83,10 +83,8 @@ class DiskMemo:
 
     def get(self, key: tuple) -> bytes | None:
         try:
-            blob = zlib.decompress(self.path(key).read_bytes())
-            pickle.loads(blob)  # a damaged file reads as a miss
-            return blob
-        except Exception:
+            return zlib.decompress(self.path(key).read_bytes())
+        except (OSError, zlib.error):  # absent, or damaged (zlib checks its checksum): a miss
             return None
 
     def put(self, key: tuple, blob: bytes) -> None:
@@ -115,73 +113,70 @@ def memoized(compute, key: tuple, memo: OrderedDict, kept: int, store: DiskMemo 
     return blob
 
 
-def package_version(name: str) -> str:
+def memoize_function(module, name: str, key, kept: int, folder: str | Path | None, kind: str, package: str) -> None:
+    """Replace the pure function `module.name` by its memo: results pickled (every caller gets
+    fresh objects, as from a fresh call), the `kept` most recent in the process and, given a
+    folder, all of them on disk under folder/kind (salted with `package`'s version). The
+    original stays reachable as `.unmemoized` and is looked up at call time (tests replace it).
+    Installing again only points the memo at the new folder."""
     from importlib.metadata import version
 
-    return version(name)
+    def store():
+        return None if folder is None else DiskMemo(Path(folder) / kind, version(package))
+
+    current = getattr(module, name)
+    if getattr(current, "memoized", False):
+        if folder is not None:
+            current.store = store()
+        return
+    memo = OrderedDict()
+
+    def function(*args, **kwargs):
+        return pickle.loads(memoized(lambda: function.unmemoized(*args, **kwargs), key(*args, **kwargs), memo, kept,
+                                     function.store))
+
+    function.memoized, function.memo, function.store, function.unmemoized = True, memo, store(), current
+    setattr(module, name, function)
 
 
 def memoize_translation(folder: str | Path | None = None) -> None:
     """Every `PddlState` translates its PDDL problem to SAS twice (plain and optimized for the
     planner), and TextWorld builds a `PddlState` both when it loads a game and when it resets
     it, so a reset translated the same problem four times. The translation is a pure function of
-    (domain, problem, flags); the memo keeps the most recent ones pickled, so every caller gets
-    its own copy of the task objects, as from a fresh translation, and (given a folder) every
-    translation on disk, so a game is translated once across processes (evaluations, seeds,
-    claims). The caller's sys.argv is restored after a translation (fast_downward sets it to its
-    own for its option parser)."""
+    (domain, problem, flags): memoized, in the process and (given a folder) on disk, so a game is
+    translated once across processes (evaluations, seeds, claims). The caller's sys.argv is
+    restored after a translation (fast_downward sets it to its own for its option parser)."""
     import fast_downward
 
-    def store():
-        return None if folder is None else DiskMemo(Path(folder) / "translations", package_version("fast_downward_textworld"))
+    if not getattr(fast_downward.pddl2sas, "memoized", False):
+        translate = fast_downward.pddl2sas
 
-    if getattr(fast_downward.pddl2sas, "memoized", False):
-        if folder is not None:
-            fast_downward.pddl2sas.store = store()
-        return
-    memo = OrderedDict()
-
-    def pddl2sas(domain: str, problem: str, verbose: bool = False, optimize=False):
-        def compute():
-            argv = sys.argv  # fast_downward's translator overwrites sys.argv for its option parser
+        def keeping_argv(domain: str, problem: str, verbose: bool = False, optimize=False):
+            argv = sys.argv
             try:
-                return pddl2sas.unmemoized(domain, problem, verbose=verbose, optimize=optimize)
+                return translate(domain, problem, verbose=verbose, optimize=optimize)
             finally:
                 sys.argv = argv
 
-        key = (domain, problem, bool(verbose), bool(optimize))
-        return pickle.loads(memoized(compute, key, memo, TRANSLATIONS_KEPT, pddl2sas.store))
+        fast_downward.pddl2sas = keeping_argv  # textworld's PddlState calls it as fast_downward.pddl2sas
 
-    pddl2sas.memoized, pddl2sas.memo, pddl2sas.store = True, memo, store()
-    pddl2sas.unmemoized = fast_downward.pddl2sas  # read at call time (tests replace it)
-    fast_downward.pddl2sas = pddl2sas  # textworld's PddlState calls it as fast_downward.pddl2sas
+    def key(domain: str, problem: str, verbose: bool = False, optimize=False):
+        return (domain, problem, bool(verbose), bool(optimize))
+
+    memoize_function(fast_downward, "pddl2sas", key, TRANSLATIONS_KEPT, folder, "translations", "fast_downward_textworld")
 
 
 def memoize_grammar(folder: str | Path | None = None) -> None:
     """Loading a game builds its `GameLogic`, which parses the game's grammar file with tatsu
-    (~25 ms; each game's grammar differs in its task line). The parse is memoized like the
-    translations (pickled, so each load still gets its own GameLogic, actions and grammar)."""
+    (~25 ms; each game's grammar differs in its task line): memoized like the translations, so
+    each load still gets its own GameLogic, actions and grammar."""
     from textworld.envs.pddl import logic
 
-    def store():
-        return None if folder is None else DiskMemo(Path(folder) / "grammars", package_version("textworld"))
+    def key(*args, **kwargs):
+        return (args, tuple(sorted(kwargs.items())))
 
-    if getattr(logic._parse_and_convert, "memoized", False):
-        if folder is not None:
-            logic._parse_and_convert.store = store()
-        return
-    memo = OrderedDict()
-
-    def parse_and_convert(*args, **kwargs):
-        def compute():
-            return parse_and_convert.unmemoized(*args, **kwargs)
-
-        key = (args, tuple(sorted(kwargs.items())))
-        return pickle.loads(memoized(compute, key, memo, GRAMMARS_KEPT, parse_and_convert.store))
-
-    parse_and_convert.memoized, parse_and_convert.memo, parse_and_convert.store = True, memo, store()
-    parse_and_convert.unmemoized = logic._parse_and_convert  # read at call time (tests replace it)
-    logic._parse_and_convert = parse_and_convert  # GameLogic.__init__ looks it up in its module
+    # GameLogic.__init__ looks _parse_and_convert up in its module
+    memoize_function(logic, "_parse_and_convert", key, GRAMMARS_KEPT, folder, "grammars", "textworld")
 
 
 def install(folder: str | Path | None = None) -> None:
