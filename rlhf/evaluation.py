@@ -126,13 +126,21 @@ def evaluate_run_checkpoint(cfg, checkpoint: Path, run_dir: Path, records: list 
 
 def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict, records: list | None = None) -> dict[str, float]:
     """Rebuild policy (from its warm start + checkpoint weights), reference and proxy RM; with
-    decoding=value_beam, value-guided step search instead of sampling (rlhf.search)."""
+    decoding=value_beam, value-guided step search instead of sampling, with decoding=value_best_of
+    the best of k sampled answers by value at every turn (rlhf.search)."""
     from rlhf.rewards import reward_model_ensemble
 
     policy, ref, tokenizer, policy_dir = checkpoint_policy(cfg, checkpoint, state)
     if cfg.decoding.name == "value_beam":
         value = load_value_model(cfg.decoding.value_model or checkpoint)
         return evaluate_value_beam(cfg, policy, tokenizer, value, records)
+    if cfg.decoding.name == "value_best_of":  # the ALFWorld form of OREO's value-guided search
+        value = load_value_model(cfg.decoding.value_model or checkpoint)
+        engine = search.ValueBestOf(make_engine(cfg, policy, tokenizer), value, tokenizer.pad_token_id,
+                                    tokenizer.eos_token_id, int(cfg.decoding.k), float(cfg.decoding.temperature))
+        metrics = evaluate_policy(cfg, policy, ref, tokenizer, engine=engine, records=records)
+        return {**metrics, "search/candidates_per_turn": engine.distinct / max(engine.turns, 1),
+                "search/k": float(engine.k)}
     reward_model = None
     if cfg.reward.name in ("rm", "ensemble"):
         reward_model = reward_model_ensemble(cfg, policy_dir)

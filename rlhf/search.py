@@ -17,7 +17,7 @@ never a training state). B = 1 is "sample one step, keep it": plain sampling.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -94,3 +94,37 @@ def value_beam_search(engine: Engine, tokenizer, value_model, prompts: list[list
              "timing_s/search": time.time() - start}
     return chosen, stats
 
+
+
+class ValueBestOf(Engine):
+    """OREO's test-time search on ALFWorld (Wang et al. 2024, section 4.4): at every turn sample K
+    answers and act on the one of highest V(s.a), the value at the answer's last token before
+    its EOS (the convention of value_beam_search above). Wraps an engine, so the multi-turn runner
+    plays episodes with it unchanged; constrained decoding passes through. Identical candidates
+    are valued once; ties break by the policy's log-probability. K = 1 is plain sampling at
+    `temperature`. `python -m rlhf.evaluate run=<oreo run> decoding=value_best_of decoding.k=5`."""
+
+    def __init__(self, engine: Engine, value_model, pad_id: int, eos_id: int, k: int, temperature: float = 1.0):
+        if int(k) < 1:
+            raise ValueError(f"decoding.k={k}: the number of sampled answers per turn must be >= 1")
+        self.engine, self.value_model, self.pad, self.eos = engine, value_model, pad_id, eos_id
+        self.k, self.temperature = int(k), float(temperature)
+        self.turns, self.distinct = 0, 0  # answers chosen, distinct candidates valued
+
+    def generate(self, prompt_token_ids, sampling: SamplingParams, allowed=None):
+        k = self.k
+        candidates = replace(sampling, temperature=self.temperature)
+        repeated = [p for p in prompt_token_ids for _ in range(k)]
+        extra = {} if allowed is None else {"allowed": [a for a in allowed for _ in range(k)]}
+        completions = self.engine.generate(repeated, candidates, **extra)
+        chosen = []
+        for i, prompt in enumerate(prompt_token_ids):
+            unique = {}
+            for c in completions[i * k:(i + 1) * k]:
+                unique.setdefault(tuple(c.token_ids), c)
+            ids = [list(t[:-1]) if t[-1:] == (self.eos,) else list(t) for t in unique]
+            values = values_of(self.value_model, [prompt + a for a in ids], self.pad)
+            best = max(zip(values, unique.values()), key=lambda vc: (vc[0], sum(vc[1].logprobs)))
+            chosen.append(best[1])
+            self.turns, self.distinct = self.turns + 1, self.distinct + len(unique)
+        return chosen

@@ -498,3 +498,21 @@ def test_disk_memo_reads_back_and_recomputes_a_damaged_file(tmp_path):
     store.path(("domain", "problem")).write_bytes(b"not zlib")
     assert memoized(compute, ("domain", "problem"), OrderedDict(), 4, store) == first and len(calls) == 2
     assert store.get(("domain", "problem")) == first
+
+
+def test_value_best_of_plays_alfworld_with_the_oreo_value(train_run, shared_cache, tmp_path):
+    """`python -m rlhf.evaluate run=<oreo run> decoding=value_best_of`: the OREO run's own value model
+    picks each turn's answer among k constrained samples; episodes end, no answer is invalid, and the
+    search reports how many distinct answers it valued per turn (1..k)."""
+    import json
+
+    from rlhf.evaluate import main
+
+    run = train_run(["algo=oreo", f"cache_dir={shared_cache}", *TRAIN_SMALL, "algo.prompts=2", "algo.responses_per_prompt=2",
+                     "algo.batch_size=6", "algo.epochs=1", "algo.expert_episodes=2", "env.constrain_actions=true",
+                     "rollout.max_new_tokens=24"], name="oreo-best-of")
+    out = tmp_path / "best_of"
+    main([f"run={run}", "decoding=value_best_of", "decoding.k=3", f"out={out}"])
+    metrics = json.loads(next((out / "eval").glob("step_*.json")).read_text())
+    assert metrics["invalid_rate"] == 0.0 and 1.0 <= metrics["steps"] <= 12.0
+    assert 1.0 <= metrics["search/candidates_per_turn"] <= 3.0 and metrics["search/k"] == 3.0

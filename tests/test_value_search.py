@@ -1,5 +1,6 @@
 """Value-guided step beam search (rlhf.search) on a scripted engine and value model: expansion,
 deduplication, keeping the B best by value, the answer pool, tie-breaks, the step cap."""
+import pytest
 import torch
 
 from envs.math.steps import StepSplitter
@@ -86,3 +87,41 @@ def test_cut_at_step_stops_after_the_delimiter():
     assert tok.decode(cut) == "1+2=3;" and len(logps) == 6
     cut, _ = cut_at_step(tok, ids("ans 7", eos=True), [0.0] * 6, StepSplitter.delimiter(";"))
     assert cut[-1] == EOS
+
+
+class AnswerEngine:
+    """Answers every prompt with the next of a fixed list of (text, log-prob) answers, cycling;
+    records the sampling params and the allowed lists it was given."""
+
+    def __init__(self, answers):
+        self.answers, self.next, self.calls = answers, 0, []
+
+    def generate(self, prompts, sampling, allowed=None):
+        self.calls.append((len(prompts), sampling.temperature, allowed))
+        out = []
+        for _ in prompts:
+            text, logp = self.answers[self.next % len(self.answers)]
+            self.next += 1
+            out.append(Completion(ids(text, eos=True), [logp] * (len(text) + 1), "stop"))
+        return out
+
+
+def test_value_best_of_acts_on_the_highest_valued_answer_per_prompt():
+    """ValueBestOf (OREO's ALFWorld search): K answers per prompt at the search's temperature, the
+    allowed lists repeated with them, each distinct answer valued once without its EOS, the best
+    by value (ties: the higher log-probability) returned for each prompt."""
+    from rlhf.rollout.engine import SamplingParams
+    from rlhf.search import ValueBestOf
+
+    value = LengthValue({"a": 0.1, "b": 0.7, "c": 0.7, "d": 0.3})
+    engine = AnswerEngine([("a", -0.1), ("b", -0.9), ("c", -0.2), ("d", -0.1), ("a", -0.1), ("a", -0.1)])
+    best = ValueBestOf(engine, value, PAD, EOS, k=3, temperature=0.7)
+    out = best.generate([ids("P"), ids("Q")], SamplingParams(temperature=0.0), allowed=[["x"], ["y"]])
+    assert engine.calls == [(6, 0.7, [["x"], ["x"], ["x"], ["y"], ["y"], ["y"]])]
+    assert [CharTokenizer().decode(c.token_ids) for c in out] == ["c", "d"]  # P: b and c tie at 0.7, c more likely
+    assert out[0].token_ids[-1] == EOS
+    assert (best.turns, best.distinct) == (2, 5)  # Q's two "a" answers are valued once
+    one = ValueBestOf(AnswerEngine([("a", -0.1), ("b", -0.1)]), value, PAD, EOS, k=1)
+    assert [CharTokenizer().decode(c.token_ids) for c in one.generate([ids("P")], SamplingParams())] == ["a"]
+    with pytest.raises(ValueError, match="decoding.k=0"):
+        ValueBestOf(engine, value, PAD, EOS, k=0)

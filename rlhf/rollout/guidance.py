@@ -73,7 +73,7 @@ def resolve_value_model(path: str | Path) -> Path:
 def decoding_processors(decoding_cfg, value_models: list[ValueModel] | None = None) -> list[LogitsProcessor]:
     """Processors for the `decoding` config group; `value_models` overrides the configured paths
     (a VAS run evaluates with the value model it is training)."""
-    if decoding_cfg is None or decoding_cfg.name in ("none", "value_beam"):  # value_beam: a search (rlhf.search)
+    if decoding_cfg is None or decoding_cfg.name in ("none", "value_beam", "value_best_of"):  # searches (rlhf.search)
         return []
     if value_models is None:
         value_models = [ValueModel.load(resolve_value_model(p)) for p in decoding_cfg.value_models]
