@@ -95,6 +95,7 @@ def value_beam_search(engine: Engine, tokenizer, value_model, prompts: list[list
     return chosen, stats
 
 
+
 class ValueBestOf(Engine):
     """OREO's test-time search on ALFWorld (Wang et al. 2024, section 4.4): at every turn sample K
     answers and act on the one of highest V(s.a), the value at the answer's last token before
@@ -116,16 +117,14 @@ class ValueBestOf(Engine):
         repeated = [p for p in prompt_token_ids for _ in range(k)]
         extra = {} if allowed is None else {"allowed": [a for a in allowed for _ in range(k)]}
         completions = self.engine.generate(repeated, candidates, **extra)
-        unique = [{} for _ in prompt_token_ids]  # per prompt: distinct answers (token ids -> completion)
-        for i, c in enumerate(completions):
-            unique[i // k].setdefault(tuple(c.token_ids), c)
-        flat = [(i, t) for i, answers in enumerate(unique) for t in answers]
-        values = values_of(self.value_model, [prompt_token_ids[i] + list(t[:-1] if t[-1:] == (self.eos,) else t)
-                                              for i, t in flat], self.pad)  # one batched forward per turn
-        best: dict[int, tuple] = {}
-        for (i, t), v in zip(flat, values):
-            rank = (v, sum(unique[i][t].logprobs))
-            if i not in best or rank > best[i][0]:
-                best[i] = (rank, unique[i][t])
-        self.turns, self.distinct = self.turns + len(unique), self.distinct + len(flat)
-        return [best[i][1] for i in range(len(unique))]
+        chosen = []
+        for i, prompt in enumerate(prompt_token_ids):
+            unique = {}
+            for c in completions[i * k:(i + 1) * k]:
+                unique.setdefault(tuple(c.token_ids), c)
+            ids = [list(t[:-1]) if t[-1:] == (self.eos,) else list(t) for t in unique]
+            values = values_of(self.value_model, [prompt + a for a in ids], self.pad)
+            best = max(zip(values, unique.values()), key=lambda vc: (vc[0], sum(vc[1].logprobs)))
+            chosen.append(best[1])
+            self.turns, self.distinct = self.turns + 1, self.distinct + len(unique)
+        return chosen
