@@ -95,7 +95,6 @@ def value_beam_search(engine: Engine, tokenizer, value_model, prompts: list[list
     return chosen, stats
 
 
-
 class ValueBestOf(Engine):
     """OREO's test-time search on ALFWorld (Wang et al. 2024, section 4.4): at every turn sample K
     answers and act on the one of highest V(s.a), the value at the answer's last token before
@@ -123,6 +122,8 @@ class ValueBestOf(Engine):
             for c in completions[i * k:(i + 1) * k]:
                 unique.setdefault(tuple(c.token_ids), c)
             ids = [list(t[:-1]) if t[-1:] == (self.eos,) else list(t) for t in unique]
+            # one forward per prompt: its candidates have about its length (a batch over prompts pads
+            # every row to the longest episode: slower, measured)
             values = values_of(self.value_model, [prompt + a for a in ids], self.pad)
             best = max(zip(values, unique.values()), key=lambda vc: (vc[0], sum(vc[1].logprobs)))
             chosen.append(best[1])
