@@ -186,5 +186,5 @@ register(Claim(
              "SFT -0.020 [-0.060, +0.013] (INCONCLUSIVE), the offline arms' numbers unchanged. PPO's upper end "
              "sits at 0 either way: the verdict turns on rounding."],
     budget="games + SFT warm start (cached) + 3 seeds x (sample pool, OREO, RFT, PPO, 3 seen evaluations); "
-           "18.5 min on 2 cores with the games and warm start cached (run 6, beside short test runs)",
+           "16.2 min on 2 quiet cores with the games and warm start cached (run 7)",
 ))
