@@ -177,3 +177,49 @@ def test_value_model_skips_trailing_padding_columns():
     assert values.shape == (*ids.shape, 3)
     assert torch.allclose(values[:, :width], torch.cat([torch.zeros_like(values[:, :1]), whole(multi, ids, attn)[:, :-1]], 1)[:, :width],
                           atol=1e-5)
+
+
+def test_long_rows_of_different_lengths_go_through_in_length_groups(monkeypatch):
+    """(e) Rows reaching GROUP_MIN_WIDTH whose padded grid a length split shrinks by
+    GROUP_MIN_SAVING are forwarded as two groups (shorter, longer) and put back in row order:
+    the policy's log-probs and entropies, the critic's values and both models' gradients equal
+    the whole batch's to float rounding. Short rows (the text task's) stay one forward."""
+    from agents import models
+    from agents.models import ValueModel, length_groups
+
+    monkeypatch.setattr(models, "GROUP_MIN_WIDTH", 24)  # the test's tiny rows stand in for long episodes
+    torch.manual_seed(0)
+    lengths = [(4, 26), (4, 6), (3, 25), (5, 4)]  # (prompt, response): rows of 30, 10, 28, 9 tokens
+    batch = make_batch([[5 + i] * p for i, (p, _) in enumerate(lengths)],
+                       [[9 + (i + j) % 20 for j in range(r)] for i, (_, r) in enumerate(lengths)])
+    ids, attn, act = batch.input_ids, batch.attention_mask, batch.action_mask
+    groups = length_groups(attn)
+    assert [g.tolist() for g in groups] == [[3, 1], [2, 0]]
+    policy = tiny_lm(0)
+    critic = ValueModel.from_lm(tiny_lm(1), head_init="zeros")
+    torch.nn.init.normal_(critic.head.weight)
+
+    # each row's positions through its first padding column (the state after its last token)
+    upto = torch.arange(ids.shape[1]) <= attn.sum(-1, keepdim=True)
+
+    def run():
+        policy.zero_grad(), critic.zero_grad()
+        logp, ent = action_forward(policy, ids, attn, act, entropy=True)
+        values = critic.values(ids, attn)
+        (logp.sum() + ent.sum() + values[upto].sum()).backward()
+        grads = [p.grad.clone() for m in (policy, critic) for p in m.parameters() if p.grad is not None]
+        return logp.detach(), ent.detach(), values.detach(), grads
+
+    split = run()
+    monkeypatch.setattr(models, "GROUP_MIN_SAVING", 2.0)  # never split: one forward
+    assert length_groups(attn) is None
+    whole = run()
+    for a, b in zip(split[:2], whole[:2]):  # log-probs and entropies: 0 off the actions in both
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    # values: equal through each row's first padding column; beyond it a padding position's value
+    # is the trunk's output on padding, or 0 past a group's width (no loss reads it)
+    assert split[2].shape == whole[2].shape and torch.allclose(split[2][upto], whole[2][upto], atol=1e-5)
+    assert len(split[3]) == len(whole[3])  # gradients: equal to float rounding, relative to their scale
+    assert all(float((a - b).abs().max()) <= 1e-5 * float(b.abs().max().clamp(min=1)) for a, b in zip(split[3], whole[3]))
+    monkeypatch.setattr(models, "GROUP_MIN_WIDTH", 256)
+    assert length_groups(attn) is None  # rows shorter than GROUP_MIN_WIDTH: one forward

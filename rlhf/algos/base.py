@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.models import lm_forward, position_ids_from_mask, real_width
+from agents.models import grouped, lm_forward, position_ids_from_mask, real_width
 from rlhf.functional import action_token_logprobs, token_entropy, token_logprobs
 from rlhf.rollout.batch import Batch
 
@@ -97,6 +97,10 @@ def action_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     [B, L, K]: constrained decoding's allowed ids per token (rlhf.functional.constrain_logits)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES and head is not None:
+        split = grouped(lambda ids, mask, act, allow: action_forward(model, ids, mask, act, temperature, entropy, allow),
+                        attention_mask, input_ids, attention_mask, action_mask, allowed)  # long rows: by length
+        if split is not None:
+            return split
         # right padding: columns past the longest row are padding in every row; drop them
         width, full = real_width(attention_mask), input_ids.shape[1]
         ids, mask = input_ids[:, :width], attention_mask[:, :width]
