@@ -184,7 +184,12 @@ register(Claim(
              "numbers to the last digit. Then PPO's critic began to skip trailing padding columns (the same values "
              "to float rounding; the one change on PPO's path since run 5 that moves numbers): run 6 gave PPO - "
              "SFT -0.020 [-0.060, +0.013] (INCONCLUSIVE), the offline arms' numbers unchanged. PPO's upper end "
-             "sits at 0 either way: the verdict turns on rounding."],
+             "sits at 0 either way: the verdict turns on rounding.",
+             "Runs 6-7 (2026-12-05), run 5 after the critic trim, with translations on disk and the runs handed out "
+             "longest first: INCONCLUSIVE in 18.5 and 16.2 min — OREO - SFT -0.047 [-0.107, +0.000]; OREO - RFT "
+             "-0.007 [-0.033, +0.020]; PPO - SFT -0.020 [-0.060, +0.013]. Long rows then went through the policy "
+             "and the critics in two length groups (the same values to float rounding), which moved PPO's "
+             "episodes again (run 8)."],
     budget="games + SFT warm start (cached) + 3 seeds x (sample pool, OREO, RFT, PPO, 3 seen evaluations); "
-           "16.2 min on 2 quiet cores with the games and warm start cached (run 7)",
+           "15.3 min on 2 quiet cores with the games and warm start cached (run 8)",
 ))
