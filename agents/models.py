@@ -57,7 +57,7 @@ def length_groups(attention_mask: torch.Tensor) -> list[torch.Tensor] | None:
     n = attention_mask.shape[0]
     if n < 2:
         return None
-    columns = torch.arange(1, attention_mask.shape[1] + 1)
+    columns = torch.arange(1, attention_mask.shape[1] + 1, device=attention_mask.device)
     ends = (attention_mask.bool() * columns).amax(-1)
     if int(ends.max()) < GROUP_MIN_WIDTH:
         return None
