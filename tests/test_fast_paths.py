@@ -207,7 +207,8 @@ def test_long_rows_of_different_lengths_go_through_in_length_groups(monkeypatch)
         logp, ent = action_forward(policy, ids, attn, act, entropy=True)
         values = critic.values(ids, attn)
         (logp.sum() + ent.sum() + values[upto].sum()).backward()
-        grads = [p.grad.clone() for m in (policy, critic) for p in m.parameters() if p.grad is not None]
+        grads = {f"{i}.{name}": p.grad.clone() for i, m in enumerate((policy, critic))
+                 for name, p in m.named_parameters() if p.grad is not None}
         return logp.detach(), ent.detach(), values.detach(), grads
 
     split = run()
@@ -219,7 +220,9 @@ def test_long_rows_of_different_lengths_go_through_in_length_groups(monkeypatch)
     # values: equal through each row's first padding column; beyond it a padding position's value
     # is the trunk's output on padding, or 0 past a group's width (no loss reads it)
     assert split[2].shape == whole[2].shape and torch.allclose(split[2][upto], whole[2][upto], atol=1e-5)
-    assert len(split[3]) == len(whole[3])  # gradients: equal to float rounding, relative to their scale
-    assert all(float((a - b).abs().max()) <= 1e-5 * float(b.abs().max().clamp(min=1)) for a, b in zip(split[3], whole[3]))
+    # gradients: every parameter of both models gets one either way, equal to float rounding (relative to scale)
+    trainable = {f"{i}.{name}" for i, m in enumerate((policy, critic)) for name, p in m.named_parameters() if p.requires_grad}
+    assert set(split[3]) == set(whole[3]) == trainable
+    assert all(float((split[3][k] - b).abs().max()) <= 1e-5 * float(b.abs().max().clamp(min=1)) for k, b in whole[3].items())
     monkeypatch.setattr(models, "GROUP_MIN_WIDTH", 256)
     assert length_groups(attn) is None  # rows shorter than GROUP_MIN_WIDTH: one forward
