@@ -131,11 +131,11 @@ def evaluate_lm_checkpoint(cfg, checkpoint: Path, state: dict, records: list | N
     from rlhf.rewards import reward_model_ensemble
 
     policy, ref, tokenizer, policy_dir = checkpoint_policy(cfg, checkpoint, state)
-    if cfg.decoding.name == "value_beam":
+    if cfg.decoding.name in ("value_beam", "value_best_of"):  # OREO's searches: a value model, the run's own by default
         value = load_value_model(cfg.decoding.value_model or checkpoint)
+    if cfg.decoding.name == "value_beam":
         return evaluate_value_beam(cfg, policy, tokenizer, value, records)
     if cfg.decoding.name == "value_best_of":  # the ALFWorld form of OREO's value-guided search
-        value = load_value_model(cfg.decoding.value_model or checkpoint)
         engine = search.ValueBestOf(make_engine(cfg, policy, tokenizer), value, tokenizer.pad_token_id,
                                     tokenizer.eos_token_id, int(cfg.decoding.k), float(cfg.decoding.temperature))
         metrics = evaluate_policy(cfg, policy, ref, tokenizer, engine=engine, records=records)

@@ -23,7 +23,7 @@ from pathlib import Path
 TRANSLATIONS_KEPT = 64  # ~170 KB each: the games most recently loaded
 GRAMMARS_KEPT = 64  # ~19 KB each
 NAMES: dict[str, frozenset[str]] = {}  # command template -> the identifiers it contains
-FORMAT = 1  # of the translation files on disk (part of their key)
+FORMAT = 1  # of the memo files on disk (part of their key)
 
 
 def memoize_commands() -> None:
