@@ -9,7 +9,8 @@
 (a) rollout: tokens/s of our HF engine vs raw `model.generate`, and of our vLLM engine vs raw
     `vllm.LLM.generate` on the same LLM instance, same prompts, lengths and sampling
     (temperature 1, per-token logprobs requested from both vLLM paths); overhead = raw/ours - 1.
-(b) training: seconds per phase (rollout + reward + update + sync) of our PPO and P3O, and of
+(b) training: seconds per phase (rollout + reward + update + sync) of our PPO (with its separate
+    critic, and ppo_shared: the value head on the policy's trunk, algo.shared_trunk) and P3O, and of
     TRL's GRPOTrainer at the same model, prompts per phase, group size (2), lengths, learning
     rate, KL coefficient, and optimizer steps per phase on minibatches of the same size: PPO's
     epochs x minibatches (P3O's pair minibatches are set to match), and, in a second column,
@@ -248,9 +249,10 @@ def arm_overrides(cfg_overrides: list[str], one_step: bool) -> dict[str, list[st
     cfg = compose([*cfg_overrides, "algo=ppo"])
     epochs, minibatches, prompts = int(cfg.algo.epochs), int(cfg.algo.minibatches), int(cfg.train.prompts_per_step)
     if one_step:
-        return {"ppo": ["algo.epochs=1", "algo.minibatches=1"],
-                "p3o": ["algo.epochs=1", f"algo.minibatch_pairs={prompts}"]}
-    return {"ppo": [], "p3o": [f"algo.epochs={epochs}", f"algo.minibatch_pairs={max(1, prompts // minibatches)}"]}
+        arms = {"ppo": ["algo.epochs=1", "algo.minibatches=1"], "p3o": ["algo.epochs=1", f"algo.minibatch_pairs={prompts}"]}
+    else:
+        arms = {"ppo": [], "p3o": [f"algo.epochs={epochs}", f"algo.minibatch_pairs={max(1, prompts // minibatches)}"]}
+    return {**arms, "ppo_shared": [*arms["ppo"], "algo.shared_trunk=true"]}
 
 
 def bench_training(cfg_overrides: list[str], phases: int, skip: set[str], device: str, vllm_trainer=None,
@@ -259,12 +261,12 @@ def bench_training(cfg_overrides: list[str], phases: int, skip: set[str], device
     steps per phase (PPO's epochs x minibatches) or at one optimizer step per phase."""
     tmp = Path(scratch_dir("bench-"))
     common = [*cfg_overrides, "reward=gold", "train.checkpoint_every=0", f"device={device}"]
-    meters = {name: Meter(name) for name in ["ppo", "p3o", "ppo_vllm", "trl_grpo"]}
+    meters = {name: Meter(name) for name in ["ppo", "p3o", "ppo_shared", "ppo_vllm", "trl_grpo"]}
     ours = {}
     arms = arm_overrides(cfg_overrides, one_step)
-    for name in ("ppo", "p3o"):  # memory counts from before the trainer loads policy, reference, critic
+    for name in OURS:  # memory counts from before the trainer loads policy, reference, critic
         with meters[name].memory.measure():
-            ours[name] = make_trainer([f"algo={name}", *common, *arms[name]], tmp / name)
+            ours[name] = make_trainer([f"algo={OURS[name]}", *common, *arms[name]], tmp / name)
     if vllm_trainer is not None:
         ours["ppo_vllm"] = vllm_trainer
         meters["ppo_vllm"].memory = vllm_memory or PeakMemory()  # it was built (and measured) first
@@ -318,7 +320,7 @@ def bench_training(cfg_overrides: list[str], phases: int, skip: set[str], device
             result[name]["median_s"] = {k: statistics.median(p[k] for p in parts[name]) for k in parts[name][0]}
             # the framework's cost over generation: whole phase / its own generation time
             result[name]["phase_over_gen"] = median_ratio(m.seconds, [p["gen"] for p in parts[name]])
-    for name in ("ppo", "p3o"):
+    for name in OURS:
         result[name]["optimizer_steps_per_phase"] = optimizer_steps(ours[name].cfg)
         result[name]["parameters"] = sum(p.numel() for p in ours[name].policy.parameters())
     if meters["trl_grpo"].seconds:
@@ -349,7 +351,8 @@ SIZES = {
     "30m": ["model.hidden_size=512", "model.intermediate_size=2048", "model.num_hidden_layers=8",
             "model.num_attention_heads=8", "model.num_key_value_heads=4"],
 }
-TARGETS = {"ppo": 2, "p3o": 3, "ppo_vllm": 2}  # throughput over TRL GRPO at equal optimizer steps (issue 27)
+TARGETS = {"ppo": 2, "p3o": 3, "ppo_shared": 2, "ppo_vllm": 2}
+OURS = {"ppo": "ppo", "p3o": "p3o", "ppo_shared": "ppo"}  # our arms in every training column -> algo (ppo_shared: algo.shared_trunk=true)  # throughput over TRL GRPO at equal optimizer steps (issue 27)
 SIZE_SFT = ["model.sft.demonstrations=2000", "model.sft.epochs=1"]
 
 
@@ -511,28 +514,29 @@ def print_table(results: dict) -> None:
     if "training" in results:
         t = results["training"]
         print("\n(b) training           s/phase   samples/s   tokens/sample   peak RSS +MiB")
-        for name in ("ppo", "p3o", "ppo_vllm", "trl_grpo"):
+        for name in (*OURS, "ppo_vllm", "trl_grpo"):
             if name in t:
                 print(f"    {name:<16} {t[name]['s_per_phase']:>8.2f}   {t[name]['samples_per_s']:>9.1f}   "
                       f"{t[name]['mean_response_tokens']:>13.1f}   {t[name]['peak_rss_increase_mib']:>10.1f}")
-        for name in ("ppo", "p3o", "ppo_vllm"):
+        for name in (*OURS, "ppo_vllm"):
             if "median_s" in t.get(name, {}):
                 print(f"    {name} phase: " + ", ".join(f"{k} {v:.2f}s" for k, v in t[name]["median_s"].items()))
-        for name in ("ppo", "p3o", "ppo_vllm"):
+        for name in (*OURS, "ppo_vllm"):
             if f"{name}_speedup_vs_trl" in t:
                 print(f"    {name} throughput / TRL GRPO: {t[f'{name}_speedup_vs_trl']:.2f}x "
                       f"(target >= {TARGETS.get(name, 2)}x at the tiny size)")
     if results.get("sizes"):
-        print("\n(d) size axis          params   steps   ppo/TRL   p3o/TRL   ppo phase/gen   p3o phase/gen")
+        print("\n(d) size axis          params   steps   ppo/TRL   p3o/TRL   ppo_shared/TRL   ppo phase/gen   p3o phase/gen")
         for size, row in results["sizes"].items():
             for column in ("training", "training_one_step"):
                 t = row.get(column)
                 if not t:
                     continue
-                ratio = {n: t.get(f"{n}_speedup_vs_trl", float("nan")) for n in ("ppo", "p3o")}
+                ratio = {n: t.get(f"{n}_speedup_vs_trl", float("nan")) for n in OURS}
                 print(f"    {size:<8} {'1 step' if column.endswith('one_step') else 'equal':<8} "
                       f"{row['parameters'] / 1e6:>6.2f}M   {t['optimizer_steps_per_phase']:>5}   "
-                      f"{ratio['ppo']:>6.2f}x   {ratio['p3o']:>6.2f}x   {t['ppo']['phase_over_gen']:>12.2f}x"
+                      f"{ratio['ppo']:>6.2f}x   {ratio['p3o']:>6.2f}x   {ratio['ppo_shared']:>13.2f}x   "
+                      f"{t['ppo']['phase_over_gen']:>12.2f}x"
                       f"   {t['p3o']['phase_over_gen']:>12.2f}x")
         print("    targets: ppo >= 2x and p3o >= 3x TRL at the tiny size, ahead at every size; "
               "p3o one-step phase/gen <= 1.5x at the tiny size")

@@ -34,7 +34,7 @@ def test_bench_smoke(tmp_path, capsys):
     assert rollout["hf_overhead"] == pytest.approx(raw["tokens_per_s"] / ours["tokens_per_s"] - 1.0, rel=1e-9)
     assert f"hf engine overhead over raw: {100 * rollout['hf_overhead']:+.1f}%" in printed
     assert "vllm_raw" not in rollout
-    for name in ("ppo", "p3o"):
+    for name in ("ppo", "p3o", "ppo_shared"):  # ppo_shared: PPO with algo.shared_trunk=true
         row = training[name]
         assert row["phases"] == 1
         # one timed phase of prompts_per_step x samples_per_prompt episodes
@@ -48,7 +48,7 @@ def test_bench_smoke(tmp_path, capsys):
     # the one-step column: one optimizer step per phase for both, phase / generation from the phase's own timers
     one = results["training_one_step"]
     assert one["optimizer_steps_per_phase"] == 1
-    for name in ("ppo", "p3o"):
+    for name in ("ppo", "p3o", "ppo_shared"):
         assert one[name]["optimizer_steps_per_phase"] == 1 and training[name]["optimizer_steps_per_phase"] == 16
         assert one[name]["phase_over_gen"] == pytest.approx(one[name]["s_per_phase"] / one[name]["median_s"]["gen"])
         assert one[name]["phase_over_gen"] > 1.0
@@ -63,7 +63,9 @@ def test_equal_work_arms_take_the_same_optimizer_steps():
     for one_step, steps in ((False, 16), (True, 1)):
         arms = arm_overrides(base, one_step)
         ppo, p3o = compose([*base, "algo=ppo", *arms["ppo"]]), compose([*base, "algo=p3o", *arms["p3o"]])
-        assert optimizer_steps(ppo) == optimizer_steps(p3o) == steps
+        shared = compose([*base, "algo=ppo", *arms["ppo_shared"]])
+        assert shared.algo.shared_trunk is True and not ppo.algo.shared_trunk
+        assert optimizer_steps(ppo) == optimizer_steps(p3o) == optimizer_steps(shared) == steps
         samples_per_step = 2 * 32 * int(ppo.algo.epochs) // steps  # episodes seen per phase / steps
         assert 2 * int(p3o.algo.minibatch_pairs) == samples_per_step == 2 * 32 // int(ppo.algo.minibatches)
 

@@ -226,3 +226,36 @@ def test_long_rows_of_different_lengths_go_through_in_length_groups(monkeypatch)
     assert all(float((split[3][k] - b).abs().max()) <= 1e-5 * float(b.abs().max().clamp(min=1)) for k, b in whole[3].items())
     monkeypatch.setattr(models, "GROUP_MIN_WIDTH", 256)
     assert length_groups(attn) is None  # rows shorter than GROUP_MIN_WIDTH: one forward
+
+
+@pytest.mark.parametrize("case", ["whole", "length groups", "full forward"])
+def test_value_head_on_the_policy_trunk_is_a_value_model_on_it(case, monkeypatch):
+    """(f) action_forward(..., value_head=h) (PPO's algo.shared_trunk) returns the log-probs and
+    entropies it returns without h, and h's output at every real position equal to a ValueModel
+    whose trunk is the policy's own (one trunk pass serving both), on the plain head path, in
+    length groups, and on a model type that takes the full forward."""
+    from agents import models
+    from agents.models import ValueModel
+
+    torch.manual_seed(0)
+    if case == "full forward":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+        trunk = model.transformer
+    else:
+        model = tiny_lm(0)
+        trunk = model.get_decoder()
+    if case == "length groups":
+        monkeypatch.setattr(models, "GROUP_MIN_WIDTH", 8)
+    batch = padded_batch()
+    if case == "length groups":
+        assert models.length_groups(batch.attention_mask) is not None
+    critic = ValueModel(trunk, head_init="normal")
+    args = (model, batch.input_ids, batch.attention_mask, batch.action_mask, 1.0, True)
+    with torch.no_grad():
+        logp, ent, raw = action_forward(*args, value_head=critic.head)
+        alone = action_forward(*args)
+        expected = critic.raw(batch.input_ids, batch.attention_mask)
+    real = batch.attention_mask.bool()
+    assert raw.shape == batch.input_ids.shape and raw[real].abs().min() > 0
+    torch.testing.assert_close(raw[real], expected[real], rtol=1e-5, atol=1e-6)
+    assert torch.equal(logp, alone[0]) and torch.equal(ent, alone[1])

@@ -30,6 +30,20 @@ def test_default_run_raises_gold(train_run, algo):
     assert scalars["eval/gold"][-1][1] > start, "held-out gold after training is not above the start"
 
 
+@pytest.mark.slow
+def test_shared_trunk_ppo_raises_held_out_gold(train_run):
+    """PPO with its value head on the policy's trunk (algo.shared_trunk, Schulman et al. 2017 eq. 9):
+    held-out gold before training (step 0) -> after the main job's 100 phases. Measured (seed 0,
+    threads=1): 0.483 -> 0.816, KL 16.6 (the separate critic: 0.818, KL 6.9); its training gold
+    rises within the first ten phases (first 10% 0.643 -> last 10% 0.736), so the held-out pair
+    is the measure here."""
+    run_dir = train_run(["algo=ppo", "algo.shared_trunk=true"], "ppo-shared-trunk")
+    gold = read_scalars(run_dir)["eval/gold"]
+    start, end = gold[0][1], gold[-1][1]
+    print(f"ppo shared trunk: held-out gold {start:.3f} -> {end:.3f}")
+    assert gold[0][0] == 0 and end > start + GOLD_MARGIN, f"held-out gold {start:.3f} -> {end:.3f}, margin {GOLD_MARGIN}"
+
+
 ACCURACY_MARGIN = 0.20  # held-out greedy accuracy on env=math; the SFT policy scores ~0.42 (measured)
 
 

@@ -165,3 +165,35 @@ def test_every_critic_parameter_gets_a_gradient_and_moves(critic_init):
     assert all(not p.requires_grad for p in reward_model.parameters())
     for name, value in reward_model.state_dict().items():
         assert torch.equal(value, rm_before[name]), f"the reward model's {name} changed"
+
+
+# --- (d) shared trunk: the value head on the policy's trunk (Schulman et al. 2017, eq. 9) --------
+
+
+def test_shared_trunk_is_one_network_whose_value_loss_reaches_the_policy():
+    """algo.shared_trunk: the critic's trunk is the policy's decoder (the same parameters, not a
+    copy), the optimizer holds each parameter once (the policy's plus the head), checkpoints carry
+    the head alone, and the value loss's gradient reaches the policy's trunk: with vf_coef the
+    trunk takes a different step than without it. A reward model cannot seed it (ConfigError)."""
+    from rlhf.config import ConfigError
+
+    batch = make_batch(PROMPTS, RESPONSES)
+    scores = torch.tensor([1.0, -2.0, 0.5])[:, None] * batch.turn_end_mask
+    trunks = {}
+    for vf_coef in (0.0, 1.0):
+        policy = tiny_lm(0)
+        algo = ppo(["algo.shared_trunk=true", f"algo.vf_coef={vf_coef}", "algo.epochs=2", "algo.minibatches=1",
+                    "algo.max_grad_norm=0",  # no clipping: a head gradient alone must not move the trunk
+                    "algo.lr=1e-3"], policy, frozen_copy(policy))
+        assert algo.critic.trunk is policy.get_decoder()
+        params = [p for group in algo.optimizer.param_groups for p in group["params"]]
+        assert len(params) == len({id(p) for p in params}) == len(list(policy.parameters())) + 2  # + head W, b
+        assert set(algo.modules()) == {"policy", "value_head"} and algo.modules()["value_head"] is algo.critic.head
+        head_before = algo.critic.head.weight.detach().clone()
+        algo.step(batch, scores)
+        assert torch.equal(algo.critic.head.weight, head_before) == (vf_coef == 0)  # the head learns from the value loss
+        trunks[vf_coef] = {n: p.detach().clone() for n, p in policy.get_decoder().named_parameters()}
+    moved = [n for n in trunks[0.0] if not torch.allclose(trunks[0.0][n], trunks[1.0][n], atol=1e-7)]
+    assert len(moved) > len(trunks[0.0]) // 2, f"the value loss moved only {moved}"
+    with pytest.raises(ConfigError, match="shared_trunk"):
+        PPO.check(compose(["algo=ppo", "reward=rm", "algo.shared_trunk=true", "algo.critic_init=reward_model"]))

@@ -63,14 +63,15 @@ class Algorithm:
         logits = lm_forward(model, batch.input_ids, batch.attention_mask)
         return token_logprobs(logits, batch.input_ids, self.temperature), logits
 
-    def action_logprobs(self, model: nn.Module, batch: Batch,
-                        entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def action_logprobs(self, model: nn.Module, batch: Batch, entropy: bool = False,
+                        value_head: nn.Module | None = None) -> tuple:
         """(log-probs, entropies or None) per token at the rollout temperature, on generated
         tokens only (0 elsewhere); grads flow if enabled. The LM head, log-softmax and entropy
         run on the rows of generated tokens alone (a third of a padded batch's cells): the
-        same numbers as `logprobs` there, bit for bit in the forward pass (docs/profile.md)."""
+        same numbers as `logprobs` there, bit for bit in the forward pass (docs/profile.md).
+        With `value_head`, also its output at every position from the same trunk pass."""
         return action_forward(model, batch.input_ids, batch.attention_mask, batch.action_mask,
-                              self.temperature, entropy, batch.allowed_ids)
+                              self.temperature, entropy, batch.allowed_ids, value_head)
 
     @torch.no_grad()
     def frozen_logprobs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -90,14 +91,17 @@ PLAIN_HEAD_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
 
 def action_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    action_mask: torch.Tensor, temperature: float = 1.0, entropy: bool = False,
-                   allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   allowed: torch.Tensor | None = None, value_head: nn.Module | None = None) -> tuple:
     """Teacher-forced log-probs (and entropies) of the tokens where action_mask is 1, with the
     LM head applied only at the positions that predict them; 0 elsewhere. Models outside
     PLAIN_HEAD_MODEL_TYPES take the full forward and are masked the same way. `allowed`
-    [B, L, K]: constrained decoding's allowed ids per token (rlhf.functional.constrain_logits)."""
+    [B, L, K]: constrained decoding's allowed ids per token (rlhf.functional.constrain_logits).
+    With `value_head` (a value head on the policy's own trunk) the same trunk pass also gives
+    the head's output at every position, [B, L] (0 on dropped padding columns), as a third result."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES and head is not None:
-        split = grouped(lambda ids, mask, act, allow: action_forward(model, ids, mask, act, temperature, entropy, allow),
+        split = grouped(lambda ids, mask, act, allow: action_forward(model, ids, mask, act, temperature, entropy, allow,
+                                                                     value_head),
                         attention_mask, input_ids, attention_mask, action_mask, allowed)  # long rows: by length
         if split is not None:
             return split
@@ -108,13 +112,18 @@ def action_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
                                      use_cache=False).last_hidden_state
         logp, ent = action_token_logprobs(hidden, head, ids, action_mask[:, :width], temperature, entropy,
                                           None if allowed is None else allowed[:, :width])
-        return F.pad(logp, (0, full - width)), None if ent is None else F.pad(ent, (0, full - width))
-    logits = lm_forward(model, input_ids, attention_mask)
+        out = (F.pad(logp, (0, full - width)), None if ent is None else F.pad(ent, (0, full - width)))
+        if value_head is None:
+            return out
+        return (*out, F.pad(value_head(hidden.float()).squeeze(-1), (0, full - width)))
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False, output_hidden_states=value_head is not None)
     keep = action_mask.bool()
-    logp = torch.where(keep, token_logprobs(logits, input_ids, temperature, allowed), 0.0)
-    if not entropy:
-        return logp, None
-    return logp, torch.where(keep, token_entropy(logits, temperature, allowed), 0.0)
+    logp = torch.where(keep, token_logprobs(out.logits, input_ids, temperature, allowed), 0.0)
+    ent = torch.where(keep, token_entropy(out.logits, temperature, allowed), 0.0) if entropy else None
+    if value_head is None:
+        return logp, ent
+    return logp, ent, value_head(out.hidden_states[-1].float()).squeeze(-1)
 
 
 def make_optimizer(params, algo_cfg) -> torch.optim.Optimizer:

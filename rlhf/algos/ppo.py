@@ -17,6 +17,9 @@ PPO" (TRL PPOv2, OpenRLHF). One rollout phase:
 The critic is a separate network, initialized from the reward model when the run optimizes
 one (Stiennon et al. 2020; Ouyang et al. 2022), else from the policy, with a zero-initialized
 value head. Its whole trunk is trained, even though the reward model it was copied from is frozen.
+With shared_trunk the value head sits on the policy's own trunk instead and one trunk pass per
+minibatch serves both losses: the parameter-sharing form of Schulman et al. 2017, Sec. 5, eq. 9
+(L^CLIP - c1 L^VF, the value loss's gradient reaching the policy's trunk).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import copy
 
 import torch
 
-from agents.models import ValueModel
+from agents.models import ValueModel, aligned
 from rlhf.algos.base import Algorithm, KLController, make_optimizer, minibatch_indices, optimizer_step
 from rlhf.config import ConfigError
 from rlhf.functional import (clipped_policy_loss, clipped_value_loss, gae, kl_estimate, masked_mean,
@@ -37,6 +40,10 @@ class PPO(Algorithm):
 
     @classmethod
     def check(cls, cfg) -> None:
+        if bool(cfg.algo.get("shared_trunk", False)) and cfg.algo.critic_init == "reward_model":
+            raise ConfigError("algo.shared_trunk=true puts the value head on the policy's trunk, so the critic "
+                              "cannot start from the reward model (got algo.critic_init=reward_model); valid "
+                              "choices with it: algo.critic_init=auto or policy")
         if cfg.algo.critic_init == "reward_model" and cfg.reward.name == "gold":
             raise ConfigError(f"algo.critic_init=reward_model needs a reward model (got reward={cfg.reward.name}); "
                               "valid choices here: algo.critic_init=auto or policy")
@@ -46,21 +53,25 @@ class PPO(Algorithm):
     def __init__(self, cfg, policy, ref, tokenizer, reward_model: ValueModel | None = None, **kw):
         super().__init__(cfg, policy, ref, tokenizer)
         a = self.algo_cfg
-        if a.critic_init in ("auto", "reward_model") and reward_model is not None:
+        self.shared = bool(a.get("shared_trunk", False))
+        if self.shared:  # eq. 9's one network: the critic's trunk *is* the policy's decoder
+            self.critic = ValueModel(policy.get_decoder(), head_init="zeros")
+        elif a.critic_init in ("auto", "reward_model") and reward_model is not None:
             self.critic = ValueModel(copy.deepcopy(reward_model.trunk), head_init="zeros")
         else:
             self.critic = ValueModel.from_lm(policy, head_init="zeros")
+        # what the critic adds to the optimizer: the head alone when the trunk is the policy's
+        self.critic_own = self.critic.head if self.shared else self.critic
         # A deep copy keeps its source's requires_grad flags, and the reward model is loaded
         # frozen: without this only the head would be optimized. The critic trains every parameter.
-        self.critic.requires_grad_(True)
+        self.critic_own.requires_grad_(True)
         self.critic.train()
-        params = list(policy.parameters()) + list(self.critic.parameters())
-        self.optimizer = make_optimizer(params, a)
+        self.optimizer = make_optimizer(list(policy.parameters()) + list(self.critic_own.parameters()), a)
         self.kl_ctl = KLController(a.kl_coef, bool(a.adaptive_kl), a.kl_target, a.kl_horizon)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
 
     def modules(self):
-        return {"policy": self.policy, "critic": self.critic}
+        return {"policy": self.policy, "value_head" if self.shared else "critic": self.critic_own}
 
     def state_dict(self):
         return {"optimizer": self.optimizer.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
@@ -112,9 +123,13 @@ class PPO(Algorithm):
         for _ in range(int(a.epochs)):
             for idx in minibatch_indices(len(batch), int(a.minibatches), self.generator):
                 mb, m = batch.select(idx), mask[idx]
-                logp, token_ent = self.action_logprobs(self.policy, mb, entropy=True)
+                if self.shared:  # one trunk pass: log-probs and values (eq. 9)
+                    logp, token_ent, raw = self.action_logprobs(self.policy, mb, entropy=True, value_head=self.critic.head)
+                    values = aligned(raw)
+                else:
+                    logp, token_ent = self.action_logprobs(self.policy, mb, entropy=True)
+                    values = self.critic.values(mb.input_ids, mb.attention_mask)
                 pg_loss, pg_stats = clipped_policy_loss(logp, old_logp[idx], advantages[idx], m, float(a.clip))
-                values = self.critic.values(mb.input_ids, mb.attention_mask)
                 vf_loss, vf_stats = clipped_value_loss(values, old_values[idx], returns[idx], m, float(a.value_clip))
                 loss = pg_loss + float(a.vf_coef) * vf_loss
                 if a.kl_penalty == "loss":
