@@ -25,6 +25,7 @@ LM = [*SMALL, "train.prompts_per_step=4", "eval.prompts=4", "eval.samples_per_pr
 MATH = ["env=math", "reward=verifier", *[o for o in LM if not o.startswith("env.")]]
 CASES = {
     "ppo": ["algo=ppo", "reward=rm", *LM],
+    "ppo:shared_trunk": ["algo=ppo", "reward=rm", "algo.shared_trunk=true", *LM],  # one network, value head on the policy
     "p3o": ["algo=p3o", "reward=rm", *LM],
     "grpo": ["algo=grpo", *MATH],
     "vas": ["algo=vas", "reward=gold", *LM],
