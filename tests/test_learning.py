@@ -34,7 +34,8 @@ def test_default_run_raises_gold(train_run, algo):
 def test_shared_trunk_ppo_raises_held_out_gold(train_run):
     """PPO with its value head on the policy's trunk (algo.shared_trunk, Schulman et al. 2017 eq. 9):
     held-out gold before training (step 0) -> after the main job's 100 phases. Measured (seed 0,
-    threads=1): 0.483 -> 0.816, KL 16.6 (the separate critic: 0.818, KL 6.9); its training gold
+    threads=1): 0.483 -> 0.816, KL 16.6 (the separate critic: 0.818, KL 6.9; seeds 1-2 in
+    docs/profile.md); its training gold
     rises within the first ten phases (first 10% 0.643 -> last 10% 0.736), so the held-out pair
     is the measure here."""
     run_dir = train_run(["algo=ppo", "algo.shared_trunk=true"], "ppo-shared-trunk")
