@@ -264,9 +264,9 @@ def bench_training(cfg_overrides: list[str], phases: int, skip: set[str], device
     meters = {name: Meter(name) for name in ["ppo", "p3o", "ppo_shared", "ppo_vllm", "trl_grpo"]}
     ours = {}
     arms = arm_overrides(cfg_overrides, one_step)
-    for name in OURS:  # memory counts from before the trainer loads policy, reference, critic
+    for name, algo in OURS.items():  # memory counts from before the trainer loads policy, reference, critic
         with meters[name].memory.measure():
-            ours[name] = make_trainer([f"algo={OURS[name]}", *common, *arms[name]], tmp / name)
+            ours[name] = make_trainer([f"algo={algo}", *common, *arms[name]], tmp / name)
     if vllm_trainer is not None:
         ours["ppo_vllm"] = vllm_trainer
         meters["ppo_vllm"].memory = vllm_memory or PeakMemory()  # it was built (and measured) first
