@@ -351,8 +351,8 @@ SIZES = {
     "30m": ["model.hidden_size=512", "model.intermediate_size=2048", "model.num_hidden_layers=8",
             "model.num_attention_heads=8", "model.num_key_value_heads=4"],
 }
-TARGETS = {"ppo": 2, "p3o": 3, "ppo_shared": 2, "ppo_vllm": 2}
-OURS = {"ppo": "ppo", "p3o": "p3o", "ppo_shared": "ppo"}  # our arms in every training column -> algo (ppo_shared: algo.shared_trunk=true)  # throughput over TRL GRPO at equal optimizer steps (issue 27)
+TARGETS = {"ppo": 2, "p3o": 3, "ppo_shared": 2, "ppo_vllm": 2}  # throughput over TRL GRPO at equal optimizer steps (issue 27)
+OURS = {"ppo": "ppo", "p3o": "p3o", "ppo_shared": "ppo"}  # our arms in every training column -> algo (ppo_shared: algo.shared_trunk=true)
 SIZE_SFT = ["model.sft.demonstrations=2000", "model.sft.epochs=1"]
 
 

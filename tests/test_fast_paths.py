@@ -30,6 +30,11 @@ def plain(model, batch, temperature):
     return token_logprobs(logits, batch.input_ids, temperature), token_entropy(logits, temperature)
 
 
+def gpt2():
+    """A model type outside PLAIN_HEAD_MODEL_TYPES: it takes action_forward's full forward."""
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+
+
 def padded_batch():
     """Rows of different lengths, plus two padding columns past the longest row."""
     torch.manual_seed(3)
@@ -79,7 +84,7 @@ def test_gradients_agree():
 
 def test_other_model_types_take_the_full_forward():
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+    model = gpt2()
     assert model.config.model_type not in PLAIN_HEAD_MODEL_TYPES
     batch = padded_batch()
     keep = batch.action_mask.bool()
@@ -239,7 +244,7 @@ def test_value_head_on_the_policy_trunk_is_a_value_model_on_it(case, monkeypatch
 
     torch.manual_seed(0)
     if case == "full forward":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+        model = gpt2()
         trunk = model.transformer
     else:
         model = tiny_lm(0)
